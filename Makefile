@@ -1,0 +1,46 @@
+# Two commands matter: `make test` and `make serve`. Both set themselves up from nothing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SERVE_VENV ?= .venv-serve
+SERVE_PY := $(SERVE_VENV)/bin/python
+MODEL_DIR ?= models/fashion-mnist-lt
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: test lint typecheck pytest serve model dev clean
+
+# Development venv: torch (CPU build) first, so nothing pulls a CUDA build, then the project.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[train,cpu,dev]"
+	touch $@
+
+dev: $(VENV)/.installed
+
+lint: dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: dev
+	$(VENV)/bin/mypy
+
+pytest: dev
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+# Serving venv: no torch, no onnx; only the server and ONNX Runtime (CPU).
+$(SERVE_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_PY) -m pip install -q --upgrade pip
+	$(SERVE_PY) -m pip install -q -e ".[cpu]"
+	touch $@
+
+serve: $(SERVE_VENV)/.installed
+	ELF_MODEL_DIR=$(MODEL_DIR) $(SERVE_VENV)/bin/elf-serve --host $(HOST) --port $(PORT)
+
+clean:
+	rm -rf $(VENV) $(SERVE_VENV) .mypy_cache .ruff_cache .pytest_cache
