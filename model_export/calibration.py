@@ -1,0 +1,308 @@
+"""Early-exit evaluation and threshold calibration (numpy only: no torch, no onnx).
+
+An image leaves at the first exit k whose softmax maximum reaches thresholds[k]; the last exit
+always answers. The trade-off curve searches per-exit thresholds for the K-1 auxiliary exits:
+exhaustively over a candidate grid for K <= 3 exits, by coordinate descent on Lagrangian
+objectives (expected FLOPs - lambda * balanced accuracy) beyond. Calibration picks the cheapest
+point whose balanced accuracy is at most `tolerance` below the best point of the curve.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+
+# 0, 0.05, ..., 1 and a finer grid near 1, where confident exits live.
+FIXED_GRID: tuple[float, ...] = (*(round(0.05 * i, 2) for i in range(21)), *(0.97, 0.98, 0.99))
+FIXED_GRID += (0.995, 0.999)
+EXHAUSTIVE_MAX_EXITS = 3
+LAMBDAS: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 1e6)
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One operating point. thresholds has K values; the last one is 0 (the final exit answers)."""
+
+    thresholds: tuple[float, ...]
+    balanced_accuracy: float  # mean per-class recall over the classes present in the labels
+    accuracy: float  # plain top-1
+    tail_accuracy: float | None  # mean recall over the tail classes, None when none is known
+    flops_ratio: float  # expected cumulative FLOPs of the exit taken / full backbone FLOPs
+    exit_rates: tuple[float, ...]  # fraction of images leaving at each exit
+    exit_accuracy: tuple[float | None, ...]  # top-1 of the images leaving at each exit
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    tolerance: float
+    best: CurvePoint  # highest balanced accuracy on the curve (cheapest among ties)
+    chosen: CurvePoint  # cheapest point within `tolerance` of best
+    final_exit_only: CurvePoint  # every image answered by the final exit
+    curve: list[CurvePoint]  # every point searched, sorted by flops_ratio
+    pareto: list[CurvePoint]  # the points no other point beats in both FLOPs and accuracy
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """[N, C] logits -> [N, C] probabilities (float64, numerically stable)."""
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=1, keepdims=True))
+
+
+def class_thirds(train_class_counts: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
+    """Head / middle / tail thirds of the classes by training count (ties: lower index first)."""
+    order = sorted(range(len(train_class_counts)), key=lambda c: (-train_class_counts[c], c))
+    head, middle, tail = np.array_split(np.array(order, dtype=np.int64), 3)
+    return sorted(head.tolist()), sorted(middle.tolist()), sorted(tail.tolist())
+
+
+def _check_probs(probs: Sequence[np.ndarray]) -> None:
+    if len(probs) < 1:
+        raise ValueError("need the probabilities of at least one exit")
+    shape = probs[0].shape
+    if len(shape) != 2 or any(p.shape != shape for p in probs):
+        raise ValueError(
+            f"every exit needs [N, C] probabilities of one shape, got {[p.shape for p in probs]}"
+        )
+
+
+def _full_thresholds(thresholds: Sequence[float], k: int) -> np.ndarray:
+    """Accept K-1 (auxiliary exits) or K thresholds; return K with the last set to 0."""
+    if len(thresholds) not in (k - 1, k):
+        raise ValueError(f"{k} exits need {k - 1} or {k} thresholds, got {len(thresholds)}")
+    t = np.zeros(k, dtype=np.float64)
+    t[: k - 1] = np.asarray(thresholds, dtype=np.float64)[: k - 1]
+    return t
+
+
+def _exit_index(conf: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """conf [K, N], t [K] -> [N] index of the first exit whose confidence reaches its threshold."""
+    leave = conf >= t[:, None]
+    leave[-1] = True
+    return np.asarray(np.argmax(leave, axis=0))
+
+
+def early_exit(
+    probs: Sequence[np.ndarray], thresholds: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """probs[k]: [N, C] softmax of exit k -> (prediction [N], exit index [N])."""
+    _check_probs(probs)
+    stacked = np.stack([np.asarray(p) for p in probs])  # [K, N, C]
+    idx = _exit_index(stacked.max(axis=2), _full_thresholds(thresholds, len(probs)))
+    preds = stacked.argmax(axis=2)  # [K, N]
+    return preds[idx, np.arange(idx.size)], idx
+
+
+class _Evaluator:
+    """Precomputed per-exit confidence and correctness; scores one threshold vector in O(K N)."""
+
+    def __init__(
+        self,
+        probs: Sequence[np.ndarray],
+        labels: np.ndarray,
+        cum_flops_ratio: Sequence[float],
+        tail_classes: Sequence[int] | None,
+    ) -> None:
+        _check_probs(probs)
+        stacked = np.stack([np.asarray(p) for p in probs])  # [K, N, C]
+        self.k, n, c = stacked.shape
+        self.labels = np.asarray(labels, dtype=np.int64)
+        if (
+            self.labels.shape != (n,)
+            or self.labels.min(initial=0) < 0
+            or self.labels.max(initial=0) >= c
+        ):
+            raise ValueError(f"labels must be [N]={n} class indices in [0, {c})")
+        if len(cum_flops_ratio) != self.k:
+            raise ValueError(f"need {self.k} cumulative FLOPs ratios, got {len(cum_flops_ratio)}")
+        self.conf = stacked.max(axis=2)  # [K, N]
+        self.correct = stacked.argmax(axis=2) == self.labels[None, :]  # [K, N]
+        self.cum = np.asarray(cum_flops_ratio, dtype=np.float64)
+        self.counts = np.bincount(self.labels, minlength=c).astype(np.float64)
+        self.present = self.counts > 0
+        tail = np.zeros(c, dtype=bool)
+        if tail_classes is not None:
+            tail[np.asarray(list(tail_classes), dtype=np.int64)] = True
+        self.tail = tail & self.present
+        self.cache: dict[tuple[float, ...], CurvePoint] = {}
+
+    def point(self, thresholds: Sequence[float]) -> CurvePoint:
+        t = _full_thresholds(thresholds, self.k)
+        key = tuple(float(v) for v in t)
+        if key in self.cache:
+            return self.cache[key]
+        idx = _exit_index(self.conf, t)
+        hit = self.correct[idx, np.arange(idx.size)]
+        recall = np.bincount(self.labels, weights=hit, minlength=self.counts.size)
+        recall = np.divide(recall, self.counts, out=np.zeros_like(recall), where=self.present)
+        n_exit = np.bincount(idx, minlength=self.k)
+        hit_exit = np.bincount(idx, weights=hit, minlength=self.k)
+        p = CurvePoint(
+            thresholds=key,
+            balanced_accuracy=float(recall[self.present].mean()),
+            accuracy=float(hit.mean()),
+            tail_accuracy=float(recall[self.tail].mean()) if self.tail.any() else None,
+            flops_ratio=float(self.cum[idx].mean()),
+            exit_rates=tuple(float(v) for v in n_exit / idx.size),
+            exit_accuracy=tuple(
+                float(h / m) if m else None for h, m in zip(hit_exit, n_exit, strict=True)
+            ),
+        )
+        self.cache[key] = p
+        return p
+
+
+def candidate_thresholds(conf: np.ndarray, n_quantiles: int = 33) -> list[float]:
+    """Quantiles of one exit's confidence [N] plus FIXED_GRID, sorted, unique, within [0, 1]."""
+    qs = np.quantile(conf, np.linspace(0.0, 1.0, n_quantiles)) if conf.size else np.array([])
+    values = np.clip(np.concatenate([qs, np.asarray(FIXED_GRID)]), 0.0, 1.0)
+    return sorted({float(v) for v in values})
+
+
+def _descend(
+    ev: _Evaluator,
+    cands: list[list[float]],
+    start: Sequence[float],
+    cost: Callable[[CurvePoint], float],
+    sweeps: int = 4,
+) -> list[float]:
+    """Coordinate descent on `cost` over the candidate grid from `start`; caches every point."""
+    t = list(start)
+    for _ in range(sweeps):
+        changed = False
+        for j in range(ev.k - 1):
+            scores = [cost(ev.point([*t[:j], v, *t[j + 1 :]])) for v in cands[j]]
+            i = int(np.argmin(scores))
+            if scores[i] < cost(ev.point(t)) - 1e-12:
+                t[j], changed = cands[j][i], True
+        if not changed:
+            break
+    return t
+
+
+def _lagrangian_sweep(ev: _Evaluator, cands: list[list[float]]) -> None:
+    """Points minimising flops - lambda * balanced accuracy, for each lambda (the convex hull)."""
+    for lam in LAMBDAS:
+        _descend(ev, cands, [1.0] * (ev.k - 1), partial(_lagrangian, lam=lam))
+
+
+def _lagrangian(p: CurvePoint, lam: float) -> float:
+    return p.flops_ratio - lam * p.balanced_accuracy
+
+
+def _constrained(p: CurvePoint, floor: float) -> float:
+    return p.flops_ratio if p.balanced_accuracy >= floor else np.inf
+
+
+def pareto_front(points: Sequence[CurvePoint]) -> list[CurvePoint]:
+    """Points sorted by FLOPs whose balanced accuracy beats every cheaper (or equal-cost) point."""
+    front: list[CurvePoint] = []
+    for p in sorted(points, key=lambda q: (q.flops_ratio, -q.balanced_accuracy)):
+        if not front or p.balanced_accuracy > front[-1].balanced_accuracy:
+            front.append(p)
+    return front
+
+
+def threshold_curve(
+    probs: Sequence[np.ndarray],
+    labels: np.ndarray,
+    cum_flops_ratio: Sequence[float],
+    *,
+    tail_classes: Sequence[int] | None = None,
+    train_class_counts: Sequence[int] | None = None,
+    n_quantiles: int = 33,
+) -> list[CurvePoint]:
+    """Every operating point searched, sorted by expected FLOPs ratio."""
+    ev = _make_evaluator(probs, labels, cum_flops_ratio, tail_classes, train_class_counts)
+    _search(ev, n_quantiles)
+    return sorted(ev.cache.values(), key=lambda p: (p.flops_ratio, -p.balanced_accuracy))
+
+
+def evaluate_thresholds(
+    probs: Sequence[np.ndarray],
+    labels: np.ndarray,
+    cum_flops_ratio: Sequence[float],
+    thresholds: Sequence[float],
+    *,
+    tail_classes: Sequence[int] | None = None,
+    train_class_counts: Sequence[int] | None = None,
+) -> CurvePoint:
+    """The numbers of one fixed threshold vector (e.g. on the test set after calibration)."""
+    ev = _make_evaluator(probs, labels, cum_flops_ratio, tail_classes, train_class_counts)
+    return ev.point(thresholds)
+
+
+def final_exit_only(
+    probs: Sequence[np.ndarray],
+    labels: np.ndarray,
+    cum_flops_ratio: Sequence[float],
+    *,
+    tail_classes: Sequence[int] | None = None,
+    train_class_counts: Sequence[int] | None = None,
+) -> CurvePoint:
+    """Every image answered by the final exit: thresholds recorded as 1 (never leave early),
+    evaluated exactly (a saturated softmax that reaches 1.0 still does not leave here)."""
+    ev = _make_evaluator(probs, labels, cum_flops_ratio, tail_classes, train_class_counts)
+    ev.conf[:-1] = -1.0
+    return ev.point([1.0] * (ev.k - 1))
+
+
+def calibrate(
+    probs: Sequence[np.ndarray],
+    labels: np.ndarray,
+    cum_flops_ratio: Sequence[float],
+    tolerance: float = 0.005,
+    *,
+    tail_classes: Sequence[int] | None = None,
+    train_class_counts: Sequence[int] | None = None,
+    n_quantiles: int = 33,
+) -> CalibrationResult:
+    """Best balanced accuracy on the curve, and the cheapest point at most `tolerance` below it."""
+    if not 0.0 <= tolerance <= 1.0:
+        raise ValueError(f"tolerance must be in [0, 1], got {tolerance}")
+    ev = _make_evaluator(probs, labels, cum_flops_ratio, tail_classes, train_class_counts)
+    cands = _search(ev, n_quantiles)
+    if ev.k > EXHAUSTIVE_MAX_EXITS:
+        # The Lagrangian sweep only finds the convex hull: refine under the actual constraint.
+        best = _best(list(ev.cache.values()))
+        floor = best.balanced_accuracy - tolerance - 1e-12
+        _descend(ev, cands, best.thresholds[:-1], partial(_constrained, floor=floor))
+    curve = sorted(ev.cache.values(), key=lambda p: (p.flops_ratio, -p.balanced_accuracy))
+    best = _best(curve)
+    floor = best.balanced_accuracy - tolerance - 1e-12
+    ok = [p for p in curve if p.balanced_accuracy >= floor]
+    chosen = min(ok, key=lambda p: (p.flops_ratio, -p.balanced_accuracy))
+    kw = {"tail_classes": tail_classes, "train_class_counts": train_class_counts}
+    final = final_exit_only(probs, labels, cum_flops_ratio, **kw)
+    return CalibrationResult(tolerance, best, chosen, final, curve, pareto_front(curve))
+
+
+def _best(points: list[CurvePoint]) -> CurvePoint:
+    return max(points, key=lambda p: (p.balanced_accuracy, -p.flops_ratio))
+
+
+def _make_evaluator(
+    probs: Sequence[np.ndarray],
+    labels: np.ndarray,
+    cum_flops_ratio: Sequence[float],
+    tail_classes: Sequence[int] | None,
+    train_class_counts: Sequence[int] | None,
+) -> _Evaluator:
+    if tail_classes is None and train_class_counts is not None:
+        tail_classes = class_thirds(train_class_counts)[2]
+    return _Evaluator(probs, labels, cum_flops_ratio, tail_classes)
+
+
+def _search(ev: _Evaluator, n_quantiles: int) -> list[list[float]]:
+    cands = [candidate_thresholds(ev.conf[j], n_quantiles) for j in range(ev.k - 1)]
+    if ev.k <= EXHAUSTIVE_MAX_EXITS:
+        for combo in itertools.product(*cands):
+            ev.point(combo)
+    else:
+        _lagrangian_sweep(ev, cands)
+    ev.point([1.0] * (ev.k - 1))
+    return cands
