@@ -244,10 +244,12 @@ def final_exit_only(
     tail_classes: Sequence[int] | None = None,
     train_class_counts: Sequence[int] | None = None,
 ) -> CurvePoint:
-    """Every image answered by the final exit: thresholds recorded as 1 (never leave early),
-    evaluated exactly (a saturated softmax that reaches 1.0 still does not leave here)."""
+    """Every image answered by the final exit, i.e. the backbone alone: flops_ratio is 1 by
+    definition (no auxiliary heads run). Thresholds are recorded as 1 (never leave early) and the
+    point is evaluated exactly (a saturated softmax reaching 1.0 still does not leave early)."""
     ev = _make_evaluator(probs, labels, cum_flops_ratio, tail_classes, train_class_counts)
     ev.conf[:-1] = -1.0
+    ev.cum[-1] = 1.0
     return ev.point([1.0] * (ev.k - 1))
 
 

@@ -91,6 +91,8 @@ class CalibrationPoint(_Frozen):
     thresholds: list[Probability]
     balanced_accuracy: Probability
     tail_accuracy: Probability | None = None
+    # Plain top-1 (not class-balanced), for reference.
+    accuracy: Probability | None = None
     flops_ratio: Annotated[float, Field(ge=0.0)]
     exit_rates: list[Probability] = []
 
@@ -102,7 +104,9 @@ class Calibration(_Frozen):
     best: CalibrationPoint
     chosen: CalibrationPoint
     final_exit_only: CalibrationPoint | None = None
+    # Measured once on the test set after the thresholds were fixed on `split`.
     test: CalibrationPoint | None = None
+    test_final_exit_only: CalibrationPoint | None = None
     curve_file: str | None = "calibration.json"
 
 

@@ -1,0 +1,134 @@
+"""Torch side of the export: per-stage wrapper modules and their ONNX export (dynamic batch axis).
+
+Stage k < K-1: input [batch, ...] -> (features [batch, ...], logits [batch, num_classes]);
+the last stage: input -> logits; full.onnx: input -> logits_0 .. logits_{K-1}.
+Exported with the dynamo exporter (torch.export + onnxscript) into single-file graphs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from training.models import MultiExitNet
+
+OPSET = 18
+EXPORT_BATCH = 2  # >= 2, so no dimension of size 1 gets specialised into the graph
+BATCH_DIM = "batch"
+
+log = logging.getLogger(__name__)
+
+
+class StageWithExit(nn.Module):
+    """stages[k] followed by exits[k]: x -> (features_k, logits_k)."""
+
+    def __init__(self, stage: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.stage = stage
+        self.head = head
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.stage(x)
+        return features, self.head(features)
+
+
+class LastStage(nn.Module):
+    """The last stage and the final classifier: x -> logits."""
+
+    def __init__(self, stage: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.stage = stage
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.stage(x))
+
+
+class AllExits(nn.Module):
+    """The whole network as a tuple of every exit's logits (ONNX outputs are a flat tuple)."""
+
+    def __init__(self, net: MultiExitNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self.net(x))
+
+
+@dataclass(frozen=True)
+class GraphFile:
+    file: str  # relative to the model directory
+    inputs: list[str]
+    outputs: list[str]
+
+
+def stage_modules(net: MultiExitNet) -> list[nn.Module]:
+    """One eval-mode module per stage, sharing the network's weights."""
+    k = len(net.stages)
+    mods: list[nn.Module] = [
+        StageWithExit(net.stages[i], net.exits[i])
+        if i < k - 1
+        else LastStage(net.stages[i], net.exits[i])
+        for i in range(k)
+    ]
+    return [m.eval() for m in mods]
+
+
+def stage_input_shapes(net: MultiExitNet, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Per stage, the per-image input shape (without batch): the image, then each feature map."""
+    param = next(net.parameters())
+    x = torch.zeros((1, *input_shape), dtype=param.dtype, device=param.device)
+    shapes: list[tuple[int, ...]] = []
+    with torch.no_grad():
+        for stage in net.stages:
+            shapes.append(tuple(x.shape[1:]))
+            x = stage(x)
+    return shapes
+
+
+def export_graph(
+    module: nn.Module, per_image_shape: tuple[int, ...], path: Path, outputs: list[str]
+) -> GraphFile:
+    """Export `module` (eval mode) to a single-file ONNX graph with a symbolic batch axis."""
+    param = next(module.parameters())
+    example = torch.randn((EXPORT_BATCH, *per_image_shape), dtype=param.dtype, device=param.device)
+    batch = torch.export.Dim(BATCH_DIM, min=1)
+    # The exporter prints its progress on stdout and warns about missing torchvision ops.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            (example,),
+            str(path),
+            dynamo=True,
+            external_data=False,
+            opset_version=OPSET,
+            input_names=["input"],
+            output_names=outputs,
+            dynamic_shapes={"x": {0: batch}},
+        )
+    log.info("exported %s", path.name)
+    return GraphFile(file=path.name, inputs=["input"], outputs=outputs)
+
+
+def export_graphs(
+    net: MultiExitNet, input_shape: tuple[int, int, int], out_dir: Path
+) -> tuple[list[GraphFile], GraphFile]:
+    """stage_0.onnx .. stage_{K-1}.onnx and full.onnx into out_dir."""
+    net = net.eval()
+    k = len(net.stages)
+    shapes = stage_input_shapes(net, input_shape)
+    stages = []
+    for i, (mod, shape) in enumerate(zip(stage_modules(net), shapes, strict=True)):
+        outputs = ["features", "logits"] if i < k - 1 else ["logits"]
+        stages.append(export_graph(mod, shape, out_dir / f"stage_{i}.onnx", outputs))
+    full_outputs = [f"logits_{i}" for i in range(k)]
+    full = export_graph(AllExits(net).eval(), input_shape, out_dir / "full.onnx", full_outputs)
+    return stages, full
