@@ -1,0 +1,1 @@
+"""Dynamic batching with early exit and compaction."""

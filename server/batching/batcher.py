@@ -1,0 +1,260 @@
+"""Dynamic batching with early exit and compaction, on one worker thread per model.
+
+Policy (the "deepest ready stage first" rule). Every stage k has a FIFO queue: stage 0 holds new
+images, stage k >= 1 holds *parts* (a features tensor still on the device plus the indices of the
+rows that did not exit). A queue is ready when it holds a full batch (max_batch_size rows), when
+its oldest row has waited max_queue_delay_ms, when nothing shallower is queued that could still
+feed it (k >= 1), or when the batcher is stopping. The worker always runs the deepest ready
+queue, so rows that continue from several batches pile up and are merged into full batches at
+later stages, and work already paid for leaves the system first. After every stage the rows whose
+softmax maximum reaches their own threshold are answered at once (their futures are resolved on
+their event loop) and dropped; the rest go to the next queue. Inference never runs on an event
+loop; ONNX Runtime parallelises inside each run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from server.batching.rows import (
+    Part,
+    QueueFullError,
+    Row,
+    RowResult,
+    ShuttingDownError,
+    StageExecutor,
+    resolve,
+    softmax,
+)
+from server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Batcher", "QueueFullError", "Row", "RowResult", "ShuttingDownError", "StageExecutor"]
+
+
+class Batcher:
+    def __init__(
+        self,
+        executor: StageExecutor,
+        *,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_size: int,
+        model: str = "model",
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.executor = executor
+        self.num_stages = executor.num_stages
+        self.max_batch_size = max_batch_size
+        self.delay = max_queue_delay_s
+        self.max_queue_size = max_queue_size
+        self.model = model
+        self.metrics = metrics
+        self._cond = threading.Condition()
+        self._queues: list[deque[Any]] = [deque() for _ in range(self.num_stages)]
+        self._queued = [0] * self.num_stages  # rows per queue
+        self._admitted = 0  # rows accepted and not yet answered
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    # ---- client side (event loop) ----
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._loop, name=f"batcher-{self.model}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def admitted(self) -> int:
+        return self._admitted
+
+    def submit(self, rows: Sequence[Row]) -> None:
+        """Admit all rows or none: QueueFullError / ShuttingDownError leave nothing queued."""
+        with self._cond:
+            if self._closing:
+                raise ShuttingDownError("the server is shutting down")
+            if self._admitted + len(rows) > self.max_queue_size:
+                raise QueueFullError(
+                    f"queue full ({self._admitted} images waiting, limit {self.max_queue_size})"
+                )
+            self._admitted += len(rows)
+            self._queues[0].extend(rows)
+            self._queued[0] += len(rows)
+            self._cond.notify()
+
+    async def infer(
+        self, xs: Sequence[np.ndarray], thresholds: Sequence[np.ndarray], timeout_s: float
+    ) -> list[RowResult]:
+        """Answers in the order of `xs`; TimeoutError after timeout_s (the rows are dropped)."""
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        rows = [
+            Row(x, np.asarray(t, dtype=np.float64), loop, loop.create_future(), now)
+            for x, t in zip(xs, thresholds, strict=True)
+        ]
+        self.submit(rows)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return list(await asyncio.gather(*(r.future for r in rows)))
+        except BaseException:
+            for r in rows:
+                r.cancelled = True
+                r.future.cancel()
+            raise
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Refuse new rows, answer every admitted one, then end the worker."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("batcher %s: worker still busy after %ss", self.model, timeout_s)
+
+    # ---- worker side ----
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                k = self._ready_stage(time.perf_counter())
+                while k is None:
+                    if self._closing and not any(self._queued):
+                        return
+                    self._cond.wait(self._wait_time(time.perf_counter()))
+                    k = self._ready_stage(time.perf_counter())
+                rows, parts = self._take(k)
+                self._set_depth()
+            if not rows:
+                continue
+            try:
+                self._run(k, rows, parts)
+            except Exception as exc:  # a bug here must not kill the worker or hang requests
+                log.exception("batcher %s: internal error at stage %d", self.model, k)
+                self._deliver([(r, exc) for r in rows if not r.answered])
+
+    def _ready_stage(self, now: float) -> int | None:
+        for k in reversed(range(self.num_stages)):
+            q = self._queues[k]
+            if not q:
+                continue
+            if (
+                self._closing
+                or self._queued[k] >= self.max_batch_size
+                or now - q[0].enqueued_at >= self.delay
+                or (k > 0 and not any(self._queued[:k]))
+            ):
+                return k
+        return None
+
+    def _wait_time(self, now: float) -> float | None:
+        heads = [q[0].enqueued_at for q in self._queues if q]
+        return max(0.0, min(heads) + self.delay - now) if heads else None
+
+    def _take(self, k: int) -> tuple[list[Row], list[tuple[Any, np.ndarray]]]:
+        """Pop up to max_batch_size live rows from queue k (splitting a part if needed)."""
+        q = self._queues[k]
+        rows: list[Row] = []
+        parts: list[tuple[Any, np.ndarray]] = []
+        while q and len(rows) < self.max_batch_size:
+            if k == 0:
+                row = q.popleft()
+                self._queued[0] -= 1
+                if row.cancelled:
+                    self._admitted -= 1
+                else:
+                    rows.append(row)
+                continue
+            part: Part = q[0]
+            room = self.max_batch_size - len(rows)
+            take, rest = part.index[:room], part.index[room:]
+            taken_rows, part.rows = part.rows[:room], part.rows[room:]
+            part.index = rest
+            if rest.size == 0:
+                q.popleft()
+            self._queued[k] -= take.size
+            live = [i for i, r in enumerate(taken_rows) if not r.cancelled]
+            self._admitted -= take.size - len(live)
+            if live:
+                parts.append((part.handle, take[live]))
+                rows.extend(taken_rows[i] for i in live)
+        return rows, parts
+
+    def _run(self, k: int, rows: list[Row], parts: list[tuple[Any, np.ndarray]]) -> None:
+        t0 = time.perf_counter()
+        for r in rows:
+            r.queue_s += t0 - r.enqueued_at
+        try:
+            if k == 0:
+                x = self.executor.to_device(np.stack([r.x for r in rows]))  # type: ignore[misc]
+                for r in rows:
+                    r.x = None
+            else:
+                x = self.executor.merge(parts)
+            features, logits = self.executor.run(k, x)
+        except Exception as exc:
+            log.exception("batcher %s: stage %d failed on %d rows", self.model, k, len(rows))
+            self._deliver([(r, exc) for r in rows])
+            return
+        t1 = time.perf_counter()
+        for r in rows:
+            r.compute_s += t1 - t0
+        probs = softmax(logits)
+        last = k == self.num_stages - 1
+        exits = np.ones(len(rows), bool)
+        if not last:
+            thr = np.array([r.thresholds[k] for r in rows])
+            exits = probs.max(axis=1) >= thr
+        self._deliver(
+            [
+                (r, RowResult(k, probs[i], r.queue_s, r.compute_s))
+                for i, r in enumerate(rows)
+                if exits[i]
+            ]
+        )
+        keep = np.flatnonzero(~exits)
+        if keep.size:
+            kept = [rows[i] for i in keep]
+            for r in kept:
+                r.enqueued_at = t1
+            with self._cond:
+                self._queues[k + 1].append(Part(features, keep.astype(np.int64), kept, t1))
+                self._queued[k + 1] += keep.size
+                self._set_depth()
+        self._observe(k, len(rows), t1 - t0)
+
+    def _deliver(self, answers: list[tuple[Row, RowResult | BaseException]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for row, value in answers:
+            row.answered = True
+            if not row.cancelled:
+                by_loop.setdefault(row.loop, []).append((row.future, value))
+            if self.metrics is not None and isinstance(value, RowResult):
+                self.metrics.queue_duration.labels(model=self.model).observe(value.queue_s)
+        for loop, pairs in by_loop.items():
+            # One wake-up per loop and batch, not per row; a closed loop has nobody waiting.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(resolve, pairs)
+        with self._cond:
+            self._admitted -= len(answers)
+
+    def _set_depth(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.labels(model=self.model).set(sum(self._queued))
+
+    def _observe(self, k: int, batch: int, seconds: float) -> None:
+        if self.metrics is not None:
+            stage = str(k)
+            self.metrics.stage_duration.labels(model=self.model, stage=stage).observe(seconds)
+            self.metrics.batch_size.labels(model=self.model, stage=stage).observe(batch)

@@ -1,0 +1,135 @@
+"""Run stage graphs with IOBinding so features stay on the device; only logits reach the host.
+
+The same code runs on CPU (device "cpu") and CUDA (device "cuda"): stage k's features output is
+bound to the device, handed to stage k+1 (or to the merge graph that drops exited rows and joins
+rows from several batches) as an OrtValue, and never copied to numpy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from model_export.manifest import Manifest
+from server.engine.onnx_bytes import merge_rows_model
+from server.engine.sessions import EngineError, StageSessions, session_options
+
+log = logging.getLogger(__name__)
+
+Part = tuple[ort.OrtValue, np.ndarray]  # (features [b, ...] on the device, rows to keep int64 [m])
+
+
+class OnnxStageRunner:
+    """Implements the batcher's StageExecutor over ONNX Runtime stage sessions."""
+
+    def __init__(self, manifest: Manifest, stages: StageSessions) -> None:
+        self.manifest = manifest
+        self.stages = stages
+        self.num_stages = len(manifest.stages)
+        self.device = stages.device
+        self.device_id = stages.device_id
+        self._input_dtype = np.dtype(manifest.stages[0].input.dtype)
+        self._merge: dict[tuple[int, int, str], ort.InferenceSession] = {}
+        self._merge_options = session_options(1, spinning=False)
+        self._check_graph_names()
+
+    def _check_graph_names(self) -> None:
+        for spec, sess in zip(self.manifest.stages, self.stages.sessions, strict=True):
+            inputs = [i.name for i in sess.get_inputs()]
+            outputs = {o.name for o in sess.get_outputs()}
+            wanted = {spec.logits.name} | ({spec.features.name} if spec.features else set())
+            if inputs != [spec.input.name] or not wanted <= outputs:
+                raise EngineError(
+                    f"{spec.file}: graph has inputs {inputs} and outputs {sorted(outputs)}; "
+                    f"the manifest says input {spec.input.name!r}, outputs {sorted(wanted)}"
+                )
+
+    def to_device(self, x: np.ndarray) -> ort.OrtValue:
+        """[b, C, H, W] float32 host batch -> an OrtValue on the device, in the model's dtype."""
+        x = np.ascontiguousarray(x, dtype=self._input_dtype)
+        return ort.OrtValue.ortvalue_from_numpy(x, self.device, self.device_id)
+
+    def run(self, k: int, x: ort.OrtValue) -> tuple[ort.OrtValue | None, np.ndarray]:
+        """Stage k on x -> (features on the device or None for the last stage, logits [b, C])."""
+        spec = self.manifest.stages[k]
+        sess = self.stages.sessions[k]
+        binding = sess.io_binding()
+        binding.bind_ortvalue_input(spec.input.name, x)
+        if spec.features is not None:
+            binding.bind_output(spec.features.name, self.device, self.device_id)
+        binding.bind_output(spec.logits.name, "cpu")
+        sess.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        logits = np.asarray(outputs[-1].numpy(), dtype=np.float32)
+        return (outputs[0] if spec.features is not None else None), logits
+
+    def merge(self, parts: Sequence[Part]) -> ort.OrtValue:
+        """Keep rows[i] of each part and concatenate, on the device: [sum m_i, ...]."""
+        if len(parts) == 1:
+            handle, rows = parts[0]
+            if rows.size == handle.shape()[0] and np.array_equal(rows, np.arange(rows.size)):
+                return handle  # nothing exited and nothing to join: no copy
+        return self._run_merge(parts)
+
+    def _run_merge(self, parts: Sequence[Part]) -> ort.OrtValue:
+        offsets = np.cumsum([0] + [h.shape()[0] for h, _ in parts[:-1]])
+        rows = np.concatenate([r + o for (_, r), o in zip(parts, offsets, strict=True)])
+        first = parts[0][0]
+        sess = self._merge_session(len(parts), len(first.shape()), _dtype_name(first))
+        binding = sess.io_binding()
+        for i, (handle, _) in enumerate(parts):
+            binding.bind_ortvalue_input(f"x_{i}", handle)
+        binding.bind_cpu_input("rows", rows.astype(np.int64))
+        binding.bind_output("y", self.device, self.device_id)
+        sess.run_with_iobinding(binding)
+        return binding.get_outputs()[0]
+
+    def _merge_session(self, n: int, rank: int, dtype: str) -> ort.InferenceSession:
+        key = (n, rank, dtype)
+        sess = self._merge.get(key)
+        if sess is None:
+            sess = ort.InferenceSession(
+                merge_rows_model(n, rank, dtype),
+                sess_options=self._merge_options,
+                providers=self.stages.requested,
+            )
+            self._merge[key] = sess
+        return sess
+
+    def warm_up(self, batch_sizes: Sequence[int]) -> None:
+        """Run every stage at every batch size, and every merge arity up to the largest size."""
+        pre = self.manifest.preprocessing
+        first_features: list[ort.OrtValue] = []
+        for b in batch_sizes:
+            x = self.to_device(np.zeros((b, pre.channels, pre.height, pre.width), np.float32))
+            h: ort.OrtValue | None = x
+            for k in range(self.num_stages):
+                assert h is not None
+                h, _ = self.run(k, h)
+                if b == 1 and h is not None:
+                    first_features.append(h)
+        # A batch at stage k >= 1 joins at most max(batch_sizes) parts of >= 1 row each.
+        one_row = np.zeros(1, dtype=np.int64)
+        for feats in first_features:
+            for n in range(1, max(batch_sizes) + 1):
+                self._run_merge([(feats, one_row)] * n)
+        log.info(
+            "%s: warmed %d stages at batch sizes %s, %d merge graphs",
+            self.manifest.name,
+            self.num_stages,
+            _ranges(batch_sizes),
+            len(self._merge),
+        )
+
+
+def _dtype_name(value: ort.OrtValue) -> str:
+    return "float16" if value.data_type() == "tensor(float16)" else "float32"
+
+
+def _ranges(sizes: Sequence[int]) -> str:
+    if list(sizes) == list(range(1, max(sizes) + 1)):
+        return f"1..{max(sizes)}"
+    return ",".join(map(str, sizes))

@@ -1,0 +1,65 @@
+"""Server configuration: one frozen settings object, read from `ELF_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """Everything the service needs; `Settings()` reads `ELF_<FIELD>` (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix="ELF_", frozen=True, extra="forbid")
+
+    # One model directory (holding manifest.json), or a root whose sub-directories are models.
+    model_dir: Path = Path("models/fashion-mnist-lt")
+    # Name (manifest `name`) of the model behind /v1/classify; default: the first in name order.
+    default_model: str | None = None
+    # auto: CUDA when onnxruntime offers it, else CPU; cuda: fail unless CUDA is active.
+    providers: Literal["auto", "cpu", "cuda"] = "auto"
+    cuda_device_id: Annotated[int, Field(ge=0)] = 0
+
+    max_batch_size: PositiveInt = 32
+    # How long the oldest waiting row may wait for a fuller batch, at every stage.
+    max_queue_delay_ms: Annotated[float, Field(ge=0.0)] = 2.0
+    # Images admitted and not yet answered, per model; beyond it requests get 503.
+    max_queue_size: PositiveInt = 1024
+    request_timeout_s: Annotated[float, Field(gt=0.0)] = 30.0
+    retry_after_s: PositiveInt = 1
+
+    max_body_bytes: PositiveInt = 10 * 1024 * 1024
+    max_image_pixels: PositiveInt = 16_000_000
+    max_images_per_request: PositiveInt = 64
+    # Total encoded bytes of a request above which decoding leaves the event loop.
+    decode_inline_bytes: Annotated[int, Field(ge=0)] = 64 * 1024
+
+    # Bearer token for PUT /v1/models/{name}/thresholds; unset = the endpoint is disabled.
+    admin_token: str | None = None
+
+    # ONNX Runtime threads per stage session; 0 = the CPUs this process may use / workers.
+    intra_op_threads: Annotated[int, Field(ge=0)] = 0
+    # Spinning threads cut latency but burn the cores the HTTP side needs on small machines.
+    ort_spinning: bool = False
+    # Warm every batch size 1..max_batch_size (False: only 1 and max_batch_size; tests).
+    warmup_all_batch_sizes: bool = True
+
+    workers: PositiveInt = 1
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def threads_per_session(self) -> int:
+        if self.intra_op_threads > 0:
+            return self.intra_op_threads
+        return max(1, available_cpus() // self.workers)
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
