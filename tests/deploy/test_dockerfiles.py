@@ -1,0 +1,209 @@
+"""Static checks of docker/Dockerfile* and .dockerignore (hadolint is not installable here).
+
+No Docker engine runs on these machines, so the images are never built in CI; these tests check
+what a build would copy and run: every COPY source exists and is inside the build context, the
+processes run as a non-root user, the health check asks the readiness endpoint, the serving
+images carry no torch or training code, and the GPU base image matches onnxruntime-gpu.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from model_export.manifest import load_manifest
+from tests.deploy.dockerfiles import (
+    DockerIgnore,
+    Dockerfile,
+    copies,
+    exec_form,
+    parse_dockerfile,
+    substitute,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKER = REPO / "docker"
+RUNTIME_IMAGES = ["Dockerfile", "Dockerfile.gpu"]
+ALL_IMAGES = [*RUNTIME_IMAGES, "Dockerfile.train"]
+BUNDLED_MODEL = REPO / "models" / "fashion-mnist-lt"
+
+
+def _read(name: str) -> Dockerfile:
+    return parse_dockerfile(DOCKER / name)
+
+
+@pytest.fixture(scope="module")
+def ignore() -> DockerIgnore:
+    return DockerIgnore.read(REPO / ".dockerignore")
+
+
+def test_dockerignore_matching(ignore: DockerIgnore) -> None:
+    for path in [".venv/bin/python", ".git/HEAD", "tests/deploy/x.py", "runs/a/ckpt.pt",
+                 "server/__pycache__/app.cpython-311.pyc", "models/m/calibration.png",
+                 "bench/results/serving.md", "docker/Dockerfile"]:  # fmt: skip
+        assert ignore.excluded(path), path
+    for path in ["pyproject.toml", "README.md", "server/app.py", "model_export/manifest.py",
+                 "models/m/manifest.json", "models/m/stage_0.onnx", "training/cli.py"]:  # fmt: skip
+        assert not ignore.excluded(path), path
+
+
+@pytest.mark.parametrize("name", ALL_IMAGES)
+def test_copy_sources_exist_in_build_context(name: str, ignore: DockerIgnore) -> None:
+    df = _read(name)
+    args = df.all_args()
+    checked = 0
+    for stage in df.stages:
+        for cp in copies(stage):
+            if cp.from_stage is not None:
+                assert cp.from_stage in {s.name for s in df.stages}, f"line {cp.line}"
+                continue
+            for src in cp.sources:
+                rel = substitute(src, args).rstrip("/")
+                matches = sorted(REPO.glob(rel)) if any(c in rel for c in "*?[") else [REPO / rel]
+                assert matches and all(m.exists() for m in matches), f"{name}:{cp.line}: {rel}"
+                for m in matches:
+                    inside = m.relative_to(REPO).as_posix()
+                    assert not ignore.excluded(inside), f"{name}:{cp.line}: {inside} ignored"
+                    if m.is_dir():
+                        kept = [
+                            f
+                            for f in m.rglob("*")
+                            if f.is_file() and not ignore.excluded(f.relative_to(REPO).as_posix())
+                        ]
+                        assert kept, f"{name}:{cp.line}: nothing of {inside} reaches the context"
+                checked += 1
+    assert checked >= 3
+
+
+@pytest.mark.parametrize("name", ALL_IMAGES)
+def test_runs_as_non_root_user(name: str) -> None:
+    stage = _read(name).final
+    keywords = [ins.keyword for ins in stage.instructions]
+    assert "CMD" in keywords or "ENTRYPOINT" in keywords
+    start = min(keywords.index(k) for k in ("CMD", "ENTRYPOINT") if k in keywords)
+    users = [ins.args.split(":")[0] for ins in stage.instructions if ins.keyword == "USER"]
+    before = [ins for ins in stage.instructions[:start] if ins.keyword == "USER"]
+    assert before, f"{name}: no USER before CMD/ENTRYPOINT"
+    assert users[-1] not in ("root", "0"), f"{name}: final USER is {users[-1]}"
+    # The user must exist: created in the same stage by useradd.
+    created = " ".join(i.args for i in stage.instructions if i.keyword == "RUN")
+    assert re.search(rf"useradd\b.*\b{re.escape(users[-1])}\b", created), created
+
+
+@pytest.mark.parametrize("name", RUNTIME_IMAGES)
+def test_healthcheck_asks_readiness_and_cmd_serves_on_8000(name: str) -> None:
+    stage = _read(name).final
+    checks = [i for i in stage.instructions if i.keyword == "HEALTHCHECK"]
+    assert len(checks) == 1
+    assert "http://127.0.0.1:8000/v2/health/ready" in checks[0].args
+    cmd = [i for i in stage.instructions if i.keyword == "CMD"]
+    argv = exec_form(cmd[-1].args)
+    assert argv is not None and argv[0] == "elf-serve"
+    assert argv[argv.index("--port") + 1] == "8000"
+    assert argv[argv.index("--host") + 1] == "0.0.0.0"
+    exposed = [i.args for i in stage.instructions if i.keyword == "EXPOSE"]
+    assert exposed == ["8000"]
+
+
+def _env(df: Dockerfile) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for ins in df.final.instructions:
+        if ins.keyword == "ENV":
+            for key, value in re.findall(r"([A-Z_][A-Z0-9_]*)=(\S+)", ins.args):
+                env[key] = value
+    return env
+
+
+@pytest.mark.parametrize(("name", "extra", "providers"), [("Dockerfile", "cpu", "cpu"),
+                                                          ("Dockerfile.gpu", "gpu", "cuda")])  # fmt: skip
+def test_runtime_image_has_no_torch_or_training_code(name: str, extra: str, providers: str) -> None:
+    df = _read(name)
+    text = " ".join(i.args for s in df.stages for i in s.instructions).lower()
+    assert "torch" not in text
+    sources = [src for s in df.stages for cp in copies(s) for src in cp.sources]
+    assert not any(src.startswith(("training", "tests", "bench")) for src in sources), sources
+    # Only the torch-free manifest module of model_export goes in.
+    exported = [src for src in sources if src.startswith("model_export")]
+    assert set(exported) == {"model_export/__init__.py", "model_export/manifest.py"}
+    installs = re.findall(r"pip install ([^&]*)", text)
+    extras = {e for line in installs for group in re.findall(r"\.\[([a-z,]+)\]", line)
+              for e in group.split(",")}  # fmt: skip
+    assert extras == {extra}
+    assert _env(df)["ELF_PROVIDERS"] == providers
+    assert _env(df)["ELF_MODEL_DIR"] == "/opt/elf/models/fashion-mnist-lt"
+
+
+def test_bundled_model_files_reach_the_image(ignore: DockerIgnore) -> None:
+    """Every file the bundled manifest names (sha256-checked at start-up) is in the context."""
+    manifest = load_manifest(BUNDLED_MODEL, verify=True)
+    for file in ["manifest.json", *(ref.file for ref in manifest.files())]:
+        rel = (BUNDLED_MODEL / file).relative_to(REPO).as_posix()
+        assert not ignore.excluded(rel), rel
+    for name in RUNTIME_IMAGES:
+        dests = {cp.dest for cp in copies(_read(name).final) if cp.from_stage is None}
+        assert "/opt/elf/models/fashion-mnist-lt/" in dests
+
+
+# (CUDA major, cuDNN major) that the onnxruntime-gpu wheels on PyPI are built for. From the ONNX
+# Runtime CUDA execution provider requirements (1.19-1.20: CUDA 12.x, cuDNN 9.x) and the wheels'
+# own metadata (1.23.2 to 1.26.0 require nvidia-*-cu12 and nvidia-cudnn-cu12 ~= 9.0; 1.27.0 and
+# 1.31.1 require the cu13 packages): CUDA 12 up to 1.26, CUDA 13 from 1.27.
+def ort_gpu_cuda_cudnn(version: str) -> tuple[int, int]:
+    major, minor = (int(x) for x in version.split(".")[:2])
+    if (major, minor) >= (1, 27):
+        return 13, 9
+    if (major, minor) >= (1, 19):
+        return 12, 9
+    raise ValueError(f"onnxruntime-gpu {version}: pin 1.19 or later (CUDA 12/13 with cuDNN 9)")
+
+
+def cuda_image_cuda_cudnn(image: str) -> tuple[int, int]:
+    """CUDA and cuDNN major versions of an nvidia/cuda `...-cudnn...-runtime-...` tag."""
+    m = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)(?:\.\d+)?-cudnn(\d*)-runtime-ubuntu\d+\.\d+", image)
+    if m is None:
+        raise ValueError(f"{image}: not an nvidia/cuda cudnn runtime image")
+    cuda, minor, cudnn = int(m.group(1)), int(m.group(2)), m.group(3)
+    if cudnn:
+        return cuda, int(cudnn)
+    # Unnumbered `cudnn` tags carry cuDNN 9 from CUDA 12.4 on (libcudnn9-cuda-12 / -cuda-13).
+    if (cuda, minor) >= (12, 4):
+        return cuda, 9
+    raise ValueError(f"{image}: cannot tell the cuDNN version of this tag")
+
+
+def test_version_tables() -> None:
+    assert ort_gpu_cuda_cudnn("1.26.0") == (12, 9)
+    assert ort_gpu_cuda_cudnn("1.31.1") == (13, 9)
+    assert cuda_image_cuda_cudnn("nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04") == (12, 9)
+    assert cuda_image_cuda_cudnn("nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04") == (11, 8)
+    with pytest.raises(ValueError):
+        cuda_image_cuda_cudnn("nvidia/cuda:12.8.1-runtime-ubuntu24.04")  # no cuDNN at all
+
+
+def test_gpu_base_image_matches_onnxruntime_gpu_pin() -> None:
+    df = _read("Dockerfile.gpu")
+    args = df.all_args()
+    pin = args["ONNXRUNTIME_GPU_VERSION"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pin), pin
+    assert {s.base for s in df.stages} == {args["CUDA_IMAGE"]}
+    assert cuda_image_cuda_cudnn(args["CUDA_IMAGE"]) == ort_gpu_cuda_cudnn(pin)
+    runs = " ".join(i.args for s in df.stages for i in s.instructions if i.keyword == "RUN")
+    assert '"onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}"' in runs
+
+
+def test_train_image_installs_the_pinned_torch_before_the_project() -> None:
+    df = _read("Dockerfile.train")
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    torch_pin = next(
+        d for d in pyproject["project"]["optional-dependencies"]["train"] if d.startswith("torch")
+    )
+    assert torch_pin == f"torch=={df.all_args()['TORCH_VERSION']}"
+    runs = [i.args for i in df.final.instructions if i.keyword == "RUN"]
+    torch_at = next(k for k, r in enumerate(runs) if '"torch==${TORCH_VERSION}"' in r)
+    project_at = next(k for k, r in enumerate(runs) if 'pip install ".[train' in r)
+    assert torch_at < project_at
+    assert "--index-url" in runs[torch_at]
+    assert any("dataset-fashion-mnist" in r for r in runs)
