@@ -28,8 +28,15 @@ def compose_config(*args: str, env: dict[str, str] | None = None) -> dict[str, A
     # Only this test's variables: a developer's ELF_* or .env must not change the result.
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("ELF_", "COMPOSE_"))}
     proc = subprocess.run(
-        [exe, "--project-directory", str(REPO), "-f", str(REPO / "docker-compose.yml"),
-         *args, "config"],  # fmt: skip
+        [
+            exe,
+            "--project-directory",
+            str(REPO),
+            "-f",
+            str(REPO / "docker-compose.yml"),
+            *args,
+            "config",
+        ],
         env={**clean, **(env or {})},
         capture_output=True,
         text=True,

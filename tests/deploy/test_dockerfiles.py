@@ -16,8 +16,8 @@ import pytest
 
 from model_export.manifest import load_manifest
 from tests.deploy.dockerfiles import (
-    DockerIgnore,
     Dockerfile,
+    DockerIgnore,
     copies,
     exec_form,
     parse_dockerfile,
@@ -41,12 +41,26 @@ def ignore() -> DockerIgnore:
 
 
 def test_dockerignore_matching(ignore: DockerIgnore) -> None:
-    for path in [".venv/bin/python", ".git/HEAD", "tests/deploy/x.py", "runs/a/ckpt.pt",
-                 "server/__pycache__/app.cpython-311.pyc", "models/m/calibration.png",
-                 "bench/results/serving.md", "docker/Dockerfile"]:  # fmt: skip
+    for path in [
+        ".venv/bin/python",
+        ".git/HEAD",
+        "tests/deploy/x.py",
+        "runs/a/ckpt.pt",
+        "server/__pycache__/app.cpython-311.pyc",
+        "models/m/calibration.png",
+        "bench/results/serving.md",
+        "docker/Dockerfile",
+    ]:
         assert ignore.excluded(path), path
-    for path in ["pyproject.toml", "README.md", "server/app.py", "model_export/manifest.py",
-                 "models/m/manifest.json", "models/m/stage_0.onnx", "training/cli.py"]:  # fmt: skip
+    for path in [
+        "pyproject.toml",
+        "README.md",
+        "server/app.py",
+        "model_export/manifest.py",
+        "models/m/manifest.json",
+        "models/m/stage_0.onnx",
+        "training/cli.py",
+    ]:
         assert not ignore.excluded(path), path
 
 
@@ -117,8 +131,10 @@ def _env(df: Dockerfile) -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize(("name", "extra", "providers"), [("Dockerfile", "cpu", "cpu"),
-                                                          ("Dockerfile.gpu", "gpu", "cuda")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "extra", "providers"),
+    [("Dockerfile", "cpu", "cpu"), ("Dockerfile.gpu", "gpu", "cuda")],
+)
 def test_runtime_image_has_no_torch_or_training_code(name: str, extra: str, providers: str) -> None:
     df = _read(name)
     text = " ".join(i.args for s in df.stages for i in s.instructions).lower()
@@ -129,8 +145,12 @@ def test_runtime_image_has_no_torch_or_training_code(name: str, extra: str, prov
     exported = [src for src in sources if src.startswith("model_export")]
     assert set(exported) == {"model_export/__init__.py", "model_export/manifest.py"}
     installs = re.findall(r"pip install ([^&]*)", text)
-    extras = {e for line in installs for group in re.findall(r"\.\[([a-z,]+)\]", line)
-              for e in group.split(",")}  # fmt: skip
+    extras = {
+        e
+        for line in installs
+        for group in re.findall(r"\.\[([a-z,]+)\]", line)
+        for e in group.split(",")
+    }
     assert extras == {extra}
     assert _env(df)["ELF_PROVIDERS"] == providers
     assert _env(df)["ELF_MODEL_DIR"] == "/opt/elf/models/fashion-mnist-lt"
