@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     decode_inline_bytes: Annotated[int, Field(ge=0)] = 64 * 1024
 
     # Bearer token for PUT /v1/models/{name}/thresholds; unset = the endpoint is disabled.
-    admin_token: str | None = None
+    admin_token: SecretStr | None = None
 
     # ONNX Runtime threads per stage session; 0 = the CPUs this process may use / workers.
     intra_op_threads: Annotated[int, Field(ge=0)] = 0

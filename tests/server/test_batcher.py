@@ -188,8 +188,14 @@ def test_metrics_see_every_stage_batch() -> None:
     metrics = Metrics()
 
     async def go() -> None:
-        b = Batcher(stages, max_batch_size=4, max_queue_delay_s=0.01, max_queue_size=8,
-                    model="m", metrics=metrics)  # fmt: skip
+        b = Batcher(
+            stages,
+            max_batch_size=4,
+            max_queue_delay_s=0.01,
+            max_queue_size=8,
+            model="m",
+            metrics=metrics,
+        )
         b.start()
         await b.infer(row_inputs([0, 1]), [thr(0.5, 0)] * 2, 5)
         b.stop(5)

@@ -1,0 +1,65 @@
+"""PUT /v1/models/{name}/thresholds: change the operating point (bearer ELF_ADMIN_TOKEN).
+
+The change lives in this process's memory: it is lost on restart, and with several uvicorn
+workers only the worker that served the PUT changes (run one worker, or restart with a new
+manifest, to change all).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from fastapi import APIRouter, Depends, Request
+
+from server.api.errors import ApiError
+from server.api.v1 import StateDep
+from server.schemas.v1 import ThresholdsChanged, ThresholdsUpdate
+from server.state import AppState
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["admin"])
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def require_admin(request: Request, state: AppState) -> None:
+    """404 when disabled, 401 without a well-formed bearer token, 403 with a wrong one."""
+    token = state.settings.admin_token
+    if token is None or not token.get_secret_value():
+        raise ApiError(
+            404, "threshold updates are disabled (ELF_ADMIN_TOKEN is not set)", "admin_disabled"
+        )
+    auth = request.headers.get("authorization")
+    if auth is None:
+        raise ApiError(401, "missing Authorization: Bearer <token>", "unauthorized", _CHALLENGE)
+    scheme, _, given = auth.strip().partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise ApiError(
+            401,
+            "malformed Authorization header: expected 'Bearer <token>'",
+            "unauthorized",
+            _CHALLENGE,
+        )
+    if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+        raise ApiError(403, "wrong admin token", "forbidden")
+
+
+def admin_guard(request: Request, state: StateDep) -> None:
+    require_admin(request, state)
+
+
+# A dependency runs before the body is validated: no 422 to a caller without the token.
+@router.put(
+    "/models/{name}/thresholds",
+    response_model=ThresholdsChanged,
+    dependencies=[Depends(admin_guard)],
+)
+async def set_thresholds(name: str, body: ThresholdsUpdate, state: StateDep) -> ThresholdsChanged:
+    """Body: {"thresholds": [t_0, ..., t_{K-2}]} (or K values, the last 0)."""
+    model = state.models.get(name)
+    previous = model.set_thresholds(body.thresholds)
+    state.metrics.set_thresholds(model.name, model.thresholds)
+    log.info("%s: thresholds %s -> %s", model.name, list(previous), list(model.thresholds))
+    return ThresholdsChanged(
+        model=model.name, thresholds=list(model.thresholds), previous=list(previous)
+    )

@@ -1,0 +1,190 @@
+"""v1: classify images (multipart `file`/`files` or a raw image/* body) and describe models."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.datastructures import UploadFile
+
+from server.models import ExitMode, ServedModel
+from server.preprocess import InputError
+from server.schemas.v1 import (
+    ClassifyResponse,
+    ExitDetail,
+    ExitTaken,
+    Flops,
+    ModelDetail,
+    ModelList,
+    ModelSummary,
+    Prediction,
+    Timings,
+    TopK,
+)
+from server.service import Answer, classify, decode
+from server.settings import Settings
+from server.state import AppState, get_state
+
+router = APIRouter(prefix="/v1", tags=["v1"])
+
+StateDep = Annotated[AppState, Depends(get_state)]
+ThresholdQ = Annotated[
+    float | None,
+    Query(ge=0.0, le=1.0, description="One confidence threshold for every auxiliary exit"),
+]
+TopKQ = Annotated[int | None, Query(ge=1, description="Classes listed per image (default 5)")]
+ExitQ = Annotated[ExitMode, Query(alias="exit", description="auto: early exits; final: none")]
+
+
+async def read_images(request: Request, settings: Settings) -> list[tuple[str, bytes]]:
+    """The request's images as (name, bytes): multipart `file`/`files`, or a raw image/* body."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype.startswith("image/"):
+        return [("body", await request.body())]
+    if ctype != "multipart/form-data":
+        raise InputError(
+            f"unsupported Content-Type {ctype or '(none)'!r}: send multipart/form-data with "
+            "'file' or 'files' fields, or a raw image/* body",
+            415,
+            "bad_content_type",
+        )
+    form = await request.form(max_files=settings.max_images_per_request, max_fields=16)
+    unknown = sorted(set(form.keys()) - {"file", "files"})
+    if unknown:
+        raise InputError(f"unexpected form fields {unknown}: images go in 'file' or 'files'")
+    items = [("file", f) for f in form.getlist("file")]
+    files = form.getlist("files")
+    items += [(f"files[{i}]" if len(files) > 1 else "files", f) for i, f in enumerate(files)]
+    if not items:
+        raise InputError("no image: send multipart field 'file' or 'files'")
+    out = []
+    for name, item in items:
+        if not isinstance(item, UploadFile):
+            raise InputError(f"{name}: a text field, not a file upload")
+        label = f"{name} ({item.filename})" if item.filename else name
+        out.append((label, await item.read()))
+    return out
+
+
+def _prediction(
+    i: int, name: str, a: Answer, model: ServedModel, *, top_k: int, total_ms: float
+) -> Prediction:
+    names, full = model.manifest.class_names, model.manifest.flops_full
+    order = np.argsort(-a.probs, kind="stable")[:top_k]
+    return Prediction(
+        index=i,
+        name=name,
+        label=names[a.class_index],
+        class_index=a.class_index,
+        confidence=a.confidence,
+        top_k=[
+            TopK(label=names[c], class_index=int(c), confidence=float(a.probs[c])) for c in order
+        ],
+        exit=ExitTaken(index=a.exit_index, count=model.num_exits, threshold=a.threshold),
+        flops=Flops(executed=a.flops_executed, full=full, saved_ratio=1 - a.flops_executed / full),
+        timings=Timings(queue_ms=a.queue_ms, compute_ms=a.compute_ms, total_ms=total_ms),
+    )
+
+
+@dataclass(frozen=True)
+class ClassifyQuery:
+    threshold: float | None
+    top_k: int | None
+    mode: ExitMode
+
+
+def classify_query(
+    threshold: ThresholdQ = None, top_k: TopKQ = None, exit_mode: ExitQ = "auto"
+) -> ClassifyQuery:
+    return ClassifyQuery(threshold, top_k, exit_mode)
+
+
+QueryDep = Annotated[ClassifyQuery, Depends(classify_query)]
+
+
+async def _classify(
+    request: Request, state: AppState, name: str | None, q: ClassifyQuery
+) -> ClassifyResponse:
+    start = time.perf_counter()
+    model = state.models.get(name)
+    num_classes = len(model.manifest.class_names)
+    if q.top_k is not None and q.top_k > num_classes:
+        raise InputError(f"top_k={q.top_k} but {model.name} has {num_classes} classes", 422)
+    images = await read_images(request, state.settings)
+    arrays = await decode(images, model, state.settings)
+    answers = await classify(state, model, arrays, q.threshold, q.mode)
+    total_ms = (time.perf_counter() - start) * 1e3
+    k = q.top_k or min(5, num_classes)
+    results = [
+        _prediction(i, images[i][0], a, model, top_k=k, total_ms=total_ms)
+        for i, a in enumerate(answers)
+    ]
+    return ClassifyResponse(model=model.name, version=model.manifest.version, results=results)
+
+
+@router.post("/classify", response_model=ClassifyResponse)
+async def classify_default(request: Request, state: StateDep, q: QueryDep) -> ClassifyResponse:
+    """Classify with the default model."""
+    return await _classify(request, state, None, q)
+
+
+@router.post("/models/{name}/classify", response_model=ClassifyResponse)
+async def classify_with(
+    name: str, request: Request, state: StateDep, q: QueryDep
+) -> ClassifyResponse:
+    return await _classify(request, state, name, q)
+
+
+def summary(model: ServedModel, default: str) -> ModelSummary:
+    return ModelSummary(
+        name=model.name,
+        version=model.manifest.version,
+        default=model.name == default,
+        num_classes=len(model.manifest.class_names),
+        num_exits=model.num_exits,
+        providers=model.providers,
+        device=model.runner.device,
+        thresholds=list(model.thresholds),
+    )
+
+
+@router.get("/models", response_model=ModelList)
+async def list_models(state: StateDep) -> ModelList:
+    reg = state.models
+    models = [summary(m, reg.default) for m in reg.models.values()]
+    return ModelList(default=reg.default, models=models)
+
+
+@router.get("/models/{name}", response_model=ModelDetail)
+async def describe_model(name: str, state: StateDep) -> ModelDetail:
+    model = state.models.get(name)
+    m, s = model.manifest, state.settings
+    exits = [
+        ExitDetail(
+            index=e.index,
+            threshold=model.thresholds[e.index],
+            calibrated_threshold=e.threshold,
+            cumulative_flops=e.cumulative_flops,
+            flops_ratio=e.cumulative_flops / m.flops_full,
+        )
+        for e in m.exits
+    ]
+    return ModelDetail(
+        **summary(model, state.models.default).model_dump(),
+        class_names=m.class_names,
+        preprocessing=m.preprocessing.model_dump(),
+        exits=exits,
+        flops_full=m.flops_full,
+        flops_convention=m.flops_convention,
+        calibration=m.calibration.model_dump() if m.calibration else None,
+        calibration_curve=model.curve,
+        provenance=m.provenance.model_dump(),
+        batching={
+            "max_batch_size": s.max_batch_size,
+            "max_queue_delay_ms": s.max_queue_delay_ms,
+            "max_queue_size": s.max_queue_size,
+        },
+    )

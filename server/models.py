@@ -1,0 +1,160 @@
+"""The models a server holds: found under ELF_MODEL_DIR, loaded through the manifest, warmed up."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from model_export.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
+from server.batching.batcher import Batcher
+from server.engine.runner import OnnxStageRunner
+from server.engine.sessions import load_stage_sessions
+from server.metrics import Metrics
+from server.preprocess import InputError
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ExitMode = Literal["auto", "final"]
+
+
+class UnknownModelError(LookupError):
+    pass
+
+
+@dataclass
+class ServedModel:
+    directory: Path
+    manifest: Manifest
+    runner: OnnxStageRunner
+    batcher: Batcher
+    curve: Any | None  # calibration.json, as exported
+    thresholds: tuple[float, ...]  # current defaults, K values (the last is 0)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def num_exits(self) -> int:
+        return self.manifest.num_exits
+
+    @property
+    def providers(self) -> list[str]:
+        return self.runner.stages.providers
+
+    def row_thresholds(self, threshold: float | None, mode: ExitMode) -> np.ndarray:
+        """Per-exit thresholds for one request: [K] float64 (the last exit always answers)."""
+        k = self.num_exits
+        if mode == "final":
+            t = np.full(k, np.inf)
+        elif threshold is not None:
+            t = np.full(k, threshold, dtype=np.float64)
+        else:
+            t = np.asarray(self.thresholds, dtype=np.float64)
+        t[-1] = 0.0
+        return t
+
+    def set_thresholds(self, values: list[float]) -> tuple[float, ...]:
+        """Accept K-1 (auxiliary exits) or K values (then the last must be 0); return the old."""
+        k = self.num_exits
+        if len(values) not in (k - 1, k) or not values:
+            raise InputError(f"{self.name} has {k} exits: send {k - 1} or {k} thresholds")
+        if any(not 0.0 <= v <= 1.0 for v in values):
+            raise InputError(f"thresholds must lie in [0, 1], got {values}")
+        if len(values) == k and values[-1] != 0.0:
+            raise InputError("the last exit always answers: its threshold must be 0")
+        new = (*values[: k - 1], 0.0)
+        with self._lock:
+            old, self.thresholds = self.thresholds, new
+        return old
+
+
+@dataclass
+class ModelRegistry:
+    models: dict[str, ServedModel]
+    default: str
+
+    def get(self, name: str | None = None) -> ServedModel:
+        key = self.default if name is None else name
+        try:
+            return self.models[key]
+        except KeyError:
+            known = ", ".join(sorted(self.models))
+            raise UnknownModelError(f"unknown model {key!r} (served: {known})") from None
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        for model in self.models.values():
+            model.batcher.stop(timeout_s)
+
+
+def find_model_dirs(root: Path) -> list[Path]:
+    """`root` itself when it holds a manifest, else its sub-directories that do."""
+    if (root / MANIFEST_FILE).is_file():
+        return [root]
+    if not root.is_dir():
+        raise ManifestError(f"{root}: model directory does not exist (ELF_MODEL_DIR)")
+    dirs = sorted(p for p in root.iterdir() if (p / MANIFEST_FILE).is_file())
+    if not dirs:
+        raise ManifestError(f"{root}: no {MANIFEST_FILE} here or in any sub-directory")
+    return dirs
+
+
+def load_curve(model_dir: Path, manifest: Manifest) -> Any | None:
+    name = manifest.calibration.curve_file if manifest.calibration else "calibration.json"
+    if name is None or not (model_dir / name).is_file():
+        if manifest.calibration is not None and name is not None:
+            log.warning("%s: %s is named in the manifest but missing", model_dir, name)
+        return None
+    try:
+        return json.loads((model_dir / name).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{model_dir / name}: not valid JSON ({exc})") from exc
+
+
+def load_model(model_dir: Path, settings: Settings, metrics: Metrics) -> ServedModel:
+    manifest = load_manifest(model_dir)
+    runner = OnnxStageRunner(manifest, load_stage_sessions(manifest, model_dir, settings))
+    b = settings.max_batch_size
+    runner.warm_up(list(range(1, b + 1)) if settings.warmup_all_batch_sizes else sorted({1, b}))
+    batcher = Batcher(
+        runner,
+        max_batch_size=b,
+        max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
+        max_queue_size=settings.max_queue_size,
+        model=manifest.name,
+        metrics=metrics,
+    )
+    model = ServedModel(model_dir, manifest, runner, batcher, load_curve(model_dir, manifest), ())
+    model.set_thresholds(manifest.thresholds)
+    metrics.set_thresholds(manifest.name, model.thresholds)
+    providers = ",".join(model.providers)
+    metrics.model_info.labels(
+        model=manifest.name, version=manifest.version, providers=providers
+    ).set(1)
+    return model
+
+
+def load_models(settings: Settings, metrics: Metrics) -> ModelRegistry:
+    """Load, check and warm every model, then start their batchers."""
+    models: dict[str, ServedModel] = {}
+    for d in find_model_dirs(settings.model_dir):
+        model = load_model(d, settings, metrics)
+        if model.name in models:
+            other = models[model.name].directory
+            raise ManifestError(f"{d}: model name {model.name!r} is also used by {other}")
+        models[model.name] = model
+    default = settings.default_model or sorted(models)[0]
+    if default not in models:
+        raise ManifestError(f"ELF_DEFAULT_MODEL={default!r} is not among {sorted(models)}")
+    for model in models.values():
+        model.batcher.start()
+        log.info("serving %s %s on %s", model.name, model.manifest.version, model.providers)
+    return ModelRegistry(models, default)

@@ -1,0 +1,82 @@
+"""What v1 and v2 share: decode off the loop when it is worth it, classify, count the answers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from server.models import ExitMode, ServedModel
+from server.preprocess import InputError, decode_all
+from server.settings import Settings
+from server.state import AppState
+
+
+@dataclass(frozen=True)
+class Answer:
+    class_index: int
+    confidence: float
+    probs: np.ndarray  # [C] float64 at the exit taken
+    exit_index: int
+    threshold: float  # what that exit needed
+    flops_executed: int
+    queue_ms: float
+    compute_ms: float
+
+
+def check_count(n: int, settings: Settings) -> None:
+    if n == 0:
+        raise InputError("no image in the request")
+    if n > settings.max_images_per_request:
+        raise InputError(
+            f"{n} images in one request; the limit is {settings.max_images_per_request} "
+            "(ELF_MAX_IMAGES_PER_REQUEST)",
+            reason="too_many_images",
+        )
+
+
+async def decode(
+    images: Sequence[tuple[str, bytes]], model: ServedModel, settings: Settings
+) -> list[np.ndarray]:
+    """Small payloads decode inline (a thread hop costs more than a 28 px PNG); big ones not."""
+    check_count(len(images), settings)
+    pre, limit = model.manifest.preprocessing, settings.max_image_pixels
+    if sum(len(data) for _, data in images) <= settings.decode_inline_bytes:
+        return decode_all(images, pre, limit)
+    return await run_in_threadpool(decode_all, images, pre, limit)
+
+
+async def classify(
+    state: AppState,
+    model: ServedModel,
+    arrays: Sequence[np.ndarray],
+    threshold: float | None,
+    mode: ExitMode,
+) -> list[Answer]:
+    settings = state.settings
+    check_count(len(arrays), settings)
+    thr = model.row_thresholds(threshold, mode)
+    results = await model.batcher.infer(arrays, [thr] * len(arrays), settings.request_timeout_s)
+    exits = model.manifest.exits
+    answers = [
+        Answer(
+            class_index=int(np.argmax(r.probs)),
+            confidence=float(np.max(r.probs)),
+            probs=r.probs,
+            exit_index=r.exit_index,
+            threshold=float(thr[r.exit_index]),
+            flops_executed=exits[r.exit_index].cumulative_flops,
+            queue_ms=r.queue_s * 1e3,
+            compute_ms=r.compute_s * 1e3,
+        )
+        for r in results
+    ]
+    state.metrics.record_answers(
+        model.name,
+        [a.exit_index for a in answers],
+        sum(a.flops_executed for a in answers),
+        model.manifest.flops_full * len(answers),
+    )
+    return answers

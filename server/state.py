@@ -1,0 +1,30 @@
+"""What an app holds (app.state.elf) and how handlers reach it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from server.metrics import Metrics
+from server.models import ModelRegistry
+from server.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics
+    registry: ModelRegistry | None = None
+    ready: bool = False  # models loaded and warmed, not shutting down
+
+    @property
+    def models(self) -> ModelRegistry:
+        if self.registry is None:
+            raise RuntimeError("models are not loaded (the app's lifespan has not run)")
+        return self.registry
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.elf
+    return state

@@ -1,0 +1,52 @@
+"""Fixtures: a tiny model directory (built without torch), settings and a TestClient app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from server.settings import Settings
+from tests.server.tiny_model import build_tiny_model, fixture_pixels, png_bytes
+
+ADMIN_TOKEN = "s3cret-admin-token"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def pixels() -> np.ndarray:
+    """The fixture images the thresholds were set on: uint8 [64, 28, 28]."""
+    return fixture_pixels(64)
+
+
+@pytest.fixture(scope="session")
+def pngs(pixels: np.ndarray) -> list[bytes]:
+    return [png_bytes(p) for p in pixels]
+
+
+def make_settings(model_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "model_dir": model_dir,
+        "providers": "cpu",
+        "max_batch_size": 8,
+        "max_queue_delay_ms": 1.0,
+        "intra_op_threads": 1,
+        "admin_token": ADMIN_TOKEN,
+        "request_timeout_s": 10.0,
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@pytest.fixture
+def client(tiny_model_dir: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(tiny_model_dir))) as c:
+        yield c
