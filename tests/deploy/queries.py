@@ -14,7 +14,9 @@ REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "docker" / "grafana" / "dashboards" / "elf-serving.json"
 RULES = REPO / "docker" / "prometheus" / "rules.yml"
 
-_METRIC = re.compile(r"\belf_[a-z_]+")
+# A metric name, not the middle of a recording rule's level:metric:operations name.
+_METRIC = re.compile(r"(?<![\w:])elf_[a-z_]+")
+_RECORDED = re.compile(r"\b[a-z_]+:[a-z_]+:[a-z0-9_]+\b")
 _HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
 # Grafana's variables, replaced by what they stand for when a query is sent to Prometheus itself.
 _GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$model": ".*"}
@@ -58,6 +60,11 @@ def metric_names(expr: str) -> set[str]:
         suffix = next((s for s in _HISTOGRAM_SERIES if found.endswith(s)), "")
         names.add(found.removesuffix(suffix))
     return names
+
+
+def recorded_names(expr: str) -> set[str]:
+    """Recording-rule series (level:metric:operations) a query reads."""
+    return set(_RECORDED.findall(expr))
 
 
 def concrete(expr: str) -> str:

@@ -21,6 +21,7 @@ from tests.deploy.queries import (
     exposed_families,
     load_dashboard,
     metric_names,
+    recorded_names,
     rule_queries,
 )
 
@@ -48,6 +49,15 @@ def test_metric_name_extraction() -> None:
         '{model=~"$model"}[$__rate_interval]))) / elf_batch_size_count + elf_exits_total'
     )
     assert metric_names(expr) == {"elf_stage_duration_seconds", "elf_batch_size", "elf_exits_total"}
+    recorded = "abs(model_exit:elf_exit_share:ratio_rate15m - 1) and elf_images_total"
+    assert metric_names(recorded) == {"elf_images_total"}
+    assert recorded_names(recorded) == {"model_exit:elf_exit_share:ratio_rate15m"}
+
+
+def test_recorded_series_read_by_alerts_and_panels_are_recorded() -> None:
+    recorded = {q.where.removeprefix("record ") for q in rule_queries("record")}
+    for query in dashboard_queries() + rule_queries("alert"):
+        assert recorded_names(query.expr) <= recorded, query.where
 
 
 def test_dashboard_structure() -> None:

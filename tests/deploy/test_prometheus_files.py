@@ -22,7 +22,7 @@ ALERTS = {
     "ElfHighErrorRate",
     "ElfHighP99Latency",
     "ElfQueueSaturated",
-    "ElfRequestsRejected",
+    "ElfQueueFull",
     "ElfExitDistributionShift",
     "ElfReplicaDown",
     "ElfNoReplica",
@@ -78,7 +78,9 @@ def _healthy(minutes: int) -> list[dict[str, str]]:
         _series(latency % "+Inf", f"0+600x{n}"),
         _series('elf_queue_duration_seconds_bucket{model="m",le="0.005"}', f"0+600x{n}"),
         _series('elf_queue_duration_seconds_bucket{model="m",le="+Inf"}', f"0+600x{n}"),
-        _series('elf_rejected_total{reason="queue_full"}', f"0+0x{n}"),
+        _series('elf_rejected_total{reason="queue_full",instance="a"}', f"0+0x{n}"),
+        # Bad client input is rejected too, and must not look like saturation.
+        _series('elf_rejected_total{reason="bad_image",instance="a"}', f"0+30x{n}"),
         _series('elf_images_total{model="m"}', f"0+600x{n}"),
         _series('elf_exits_total{model="m",exit="0"}', f"0+420x{n}"),
         _series('elf_exits_total{model="m",exit="1"}', f"0+180x{n}"),
@@ -110,7 +112,7 @@ def _broken() -> dict[str, Any]:
         _series('elf_queue_duration_seconds_bucket{model="m",le="0.005"}', "0+60x60"),
         _series('elf_queue_duration_seconds_bucket{model="m",le="1"}', "0+600x60"),
         _series('elf_queue_duration_seconds_bucket{model="m",le="+Inf"}', "0+600x60"),
-        _series('elf_rejected_total{reason="queue_full"}', "0+30x60"),
+        _series('elf_rejected_total{reason="queue_full",instance="a"}', "0+30x60"),
         _series('up{job="elf-server",instance="10.0.0.2:8000"}', "0+0x60"),
     ]
     page, warn = {"severity": "page"}, {"severity": "warn"}
@@ -118,7 +120,7 @@ def _broken() -> dict[str, Any]:
         "ElfHighErrorRate": [page],
         "ElfHighP99Latency": [{**warn, "route": "/v1/classify"}],
         "ElfQueueSaturated": [{**warn, "model": "m"}],
-        "ElfRequestsRejected": [{**warn, "reason": "queue_full"}],
+        "ElfQueueFull": [{**warn, "reason": "queue_full", "instance": "a"}],
         "ElfReplicaDown": [{**page, "job": "elf-server", "instance": "10.0.0.2:8000"}],
         "ElfNoReplica": [page],
     }
