@@ -1,4 +1,4 @@
-"""Fixtures of the deploy tests: one real elf-serve process on the tiny fixture model, shared."""
+"""Fixtures of the deploy tests: the tiny fixture model, and one real elf-serve process on it."""
 
 from __future__ import annotations
 
@@ -21,10 +21,16 @@ class LiveServer:
 
 
 @pytest.fixture(scope="session")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    root = tmp_path_factory.mktemp("deploy-server")
-    model_dir = build_tiny_model(root / "tiny", name="tiny")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("deploy-model") / "tiny", name="tiny")
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """Shared by tests that do not count requests; a test that does starts its own server."""
+    log = tmp_path_factory.mktemp("deploy-server") / "elf-serve.log"
     port = procs.free_port()
-    log = root / "elf-serve.log"
-    with procs.serve(model_dir, port, log):
+    with procs.serve(tiny_model_dir, port, log):
         yield LiveServer(f"http://127.0.0.1:{port}", port, "tiny", log)
