@@ -1,0 +1,144 @@
+"""Assemble the manifest of an exported model directory; move a finished directory into place."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from model_export.manifest import (
+    MANIFEST_FILE,
+    FileRef,
+    Manifest,
+    Preprocessing,
+    Provenance,
+    StageSpec,
+    TensorSpec,
+    sha256_file,
+)
+from model_export.report import CalibrationOutcome, exit_specs, manifest_calibration
+from training.data import DataSplits
+
+
+def preprocessing(splits: DataSplits) -> Preprocessing:
+    return Preprocessing(
+        channels=splits.channels,  # type: ignore[arg-type]
+        height=splits.height,
+        width=splits.width,
+        mean=list(splits.mean),
+        std=list(splits.std),
+        resize="resize",
+    )
+
+
+def stage_specs(
+    model_dir: Path,
+    files: Sequence[str],
+    specs: Sequence[tuple[TensorSpec, list[TensorSpec]]],
+    per_stage: Sequence[tuple[int, int]],
+) -> list[StageSpec]:
+    """specs[k] = (input, outputs) as read from graph k; per_stage[k] = (body, head) FLOPs."""
+    last = len(files) - 1
+    return [
+        StageSpec(
+            file=f,
+            sha256=sha256_file(model_dir / f),
+            index=k,
+            input=inp,
+            features=outs[0] if k < last else None,
+            logits=outs[-1],
+            flops_body=body,
+            flops_exit=head,
+        )
+        for k, (f, (inp, outs), (body, head)) in enumerate(
+            zip(files, specs, per_stage, strict=True)
+        )
+    ]
+
+
+def git_commit(repo: Path | None = None) -> str | None:
+    """HEAD of the code doing the export, "+dirty" when tracked files differ from it."""
+    cwd = repo or Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def provenance(
+    splits: DataSplits, config: dict[str, Any], epochs: int, command: str | None
+) -> Provenance:
+    return Provenance(
+        dataset=splits.name,
+        method=str(config["loss"]["method"]),
+        loss=str(config["loss"]["base"]),
+        epochs=epochs,
+        architecture=str(config["model"]["arch"]),
+        commit=git_commit(),
+        command=command,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+
+
+def build_manifest(
+    *,
+    model_dir: Path,
+    name: str,
+    version: str,
+    splits: DataSplits,
+    stages: list[StageSpec],
+    full_file: str,
+    outcome: CalibrationOutcome,
+    prov: Provenance,
+) -> Manifest:
+    return Manifest(
+        name=name,
+        version=version,
+        class_names=list(splits.class_names),
+        preprocessing=preprocessing(splits),
+        stages=stages,
+        exits=exit_specs(outcome.val.chosen.thresholds, outcome.cumulative_flops),
+        full_model=FileRef(file=full_file, sha256=sha256_file(model_dir / full_file)),
+        flops_full=outcome.flops_full,
+        calibration=manifest_calibration(outcome),
+        provenance=prov,
+    )
+
+
+def check_destination(out: Path) -> None:
+    """Refuse to replace anything but an (empty or) existing model directory."""
+    if out.exists() and (
+        not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).is_file())
+    ):
+        raise FileExistsError(f"{out}: exists and is not a model directory; not replacing it")
+
+
+def staging_dir(out: Path) -> Path:
+    """A fresh directory next to `out` (same file system, so the final move is a rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+
+
+def move_into_place(staged: Path, out: Path) -> None:
+    check_destination(out)
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        out.rename(old / out.name)
+        staged.rename(out)
+        shutil.rmtree(old)
+    else:
+        staged.rename(out)

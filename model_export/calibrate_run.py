@@ -1,0 +1,100 @@
+"""Calibration of exported stage graphs: run them in ONNX Runtime over the balanced validation
+split, choose thresholds there, then measure those fixed thresholds once on the test split."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model_export.calibration import (
+    calibrate,
+    class_thirds,
+    evaluate_thresholds,
+    final_exit_only,
+    softmax,
+)
+from model_export.report import CalibrationOutcome
+from model_export.runtime import StageRunner, collect_logits
+from training.data import DataSplits, ImageDataset
+
+log = logging.getLogger(__name__)
+
+
+def iter_batches(
+    data: ImageDataset, batch_size: int, desc: str, progress: bool
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(uint8 images [B, C, H, W], labels [B]) in order, with a tqdm bar."""
+    n = len(data)
+    starts = range(0, n, batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
+        idx = torch.arange(start, min(n, start + batch_size))
+        yield data.batch(idx).numpy(), data.labels[idx].numpy()
+
+
+def split_probs(
+    runner: StageRunner,
+    data: ImageDataset,
+    splits: DataSplits,
+    *,
+    batch_size: int,
+    desc: str,
+    progress: bool,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Softmax of every exit over a split: ([K] arrays [N, C], labels [N])."""
+    batches = iter_batches(data, batch_size, desc, progress)
+    logits, labels = collect_logits(runner, batches, splits.mean, splits.std)
+    return [softmax(z) for z in logits], labels
+
+
+def run_calibration(
+    stage_paths: Sequence[Path],
+    splits: DataSplits,
+    cumulative_flops: Sequence[int],
+    flops_full: int,
+    tolerance: float,
+    *,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    batch_size: int = 256,
+    progress: bool = True,
+) -> CalibrationOutcome:
+    runner = StageRunner(stage_paths, providers)
+    ratio = [c / flops_full for c in cumulative_flops]
+    tail = class_thirds(splits.train_class_counts)[2]
+    val_probs, val_labels = split_probs(
+        runner, splits.val, splits, batch_size=batch_size, desc="validation", progress=progress
+    )
+    log.info("calibrating on %d validation images (tolerance %g)", val_labels.size, tolerance)
+    result = calibrate(val_probs, val_labels, ratio, tolerance, tail_classes=tail)
+    log.info(
+        "validation: best %.4f at FLOPs %.3f, chosen %.4f at %.3f, final exit alone %.4f",
+        result.best.balanced_accuracy,
+        result.best.flops_ratio,
+        result.chosen.balanced_accuracy,
+        result.chosen.flops_ratio,
+        result.final_exit_only.balanced_accuracy,
+    )
+    # The test split is touched only here, after the thresholds are fixed.
+    test_probs, test_labels = split_probs(
+        runner, splits.test, splits, batch_size=batch_size, desc="test", progress=progress
+    )
+
+    return CalibrationOutcome(
+        val=result,
+        test_chosen=evaluate_thresholds(
+            test_probs, test_labels, ratio, result.chosen.thresholds, tail_classes=tail
+        ),
+        test_best=evaluate_thresholds(
+            test_probs, test_labels, ratio, result.best.thresholds, tail_classes=tail
+        ),
+        test_final_exit_only=final_exit_only(test_probs, test_labels, ratio, tail_classes=tail),
+        cumulative_flops=[int(c) for c in cumulative_flops],
+        flops_full=int(flops_full),
+        tail_classes=tail,
+        val_images=int(val_labels.size),
+        test_images=int(test_labels.size),
+    )

@@ -1,0 +1,138 @@
+"""elf-export: checkpoint -> model directory; `elf-export calibrate`: new thresholds for one.
+
+elf-export --checkpoint runs/x/checkpoint.pt --out models/NAME [--tolerance 0.005]
+elf-export calibrate --model-dir models/NAME [--tolerance 0.005]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from model_export.export import ExportConfig, export_checkpoint, recalibrate
+from model_export.manifest import ManifestError
+from model_export.report import summary_table
+from model_export.verify import VerificationError
+from training.data import DatasetError
+
+# Libraries that log every optimisation pass at INFO.
+_QUIET = ("onnx_ir", "onnxscript", "torch.onnx", "torch._dynamo", "torch.export")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.005,
+        help="balanced accuracy the chosen point may lose against the best point (default 0.005)",
+    )
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="ONNX Runtime device")
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch in calibration")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="elf-export",
+        description="Export a trained ELF checkpoint to a verified, calibrated model directory. "
+        "Use `elf-export calibrate --help` to recalibrate an existing one.",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pt)")
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--name", help="model name (default: the --out directory's name)")
+    p.add_argument("--version", default="1", help="model version string (default 1)")
+    _common(p)
+    return p
+
+
+def calibrate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="elf-export calibrate",
+        description="Choose new exit thresholds for an exported model directory on its "
+        "validation split; rewrites calibration.json/.png and the manifest.",
+    )
+    p.add_argument("--model-dir", type=Path, required=True)
+    _common(p)
+    return p
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for name in _QUIET:
+        # torch.onnx warns that torchvision (which this project does not use) is missing.
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+# Failures a user can act on: reported as one line naming the file, without a traceback.
+_USER_ERRORS = (ManifestError, VerificationError, DatasetError, FileExistsError, FileNotFoundError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args_list[:1] == ["calibrate"]:
+            return _calibrate(calibrate_parser().parse_args(args_list[1:]))
+        return _export(export_parser().parse_args(args_list), args_list)
+    except _USER_ERRORS as exc:
+        sys.stderr.write(f"elf-export: error: {exc}\n")
+        return 1
+
+
+def _export(a: argparse.Namespace, argv: list[str]) -> int:
+    _setup_logging(a.verbose)
+    cfg = ExportConfig(
+        out=a.out,
+        tolerance=a.tolerance,
+        name=a.name,
+        version=a.version,
+        device=a.device,
+        batch_size=a.batch_size,
+        progress=not a.no_progress,
+        command=shlex.join(["elf-export", *argv]),
+    )
+    res = export_checkpoint(a.checkpoint, cfg)
+    f = res.flops
+    _say(f"\nexported {res.manifest.name} v{res.manifest.version} -> {res.model_dir}")
+    _say(
+        f"parity vs torch on {res.parity.images} validation images: max abs diff "
+        f"{res.parity.max_abs_diff:.2e} (stages {_fmt(res.parity.stage_max_abs_diff)}, "
+        f"full {_fmt(res.parity.full_max_abs_diff)})"
+    )
+    _say(
+        f"FLOPs per image: backbone {res.manifest.flops_full:,}; ONNX cross-check max "
+        f"difference {100 * f.max_rel_diff:.3f}%"
+    )
+    _say(summary_table(res.calibration))
+    return 0
+
+
+def _calibrate(a: argparse.Namespace) -> int:
+    _setup_logging(a.verbose)
+    manifest, outcome = recalibrate(
+        a.model_dir, a.tolerance, a.device, a.batch_size, progress=not a.no_progress
+    )
+    _say(f"\nrecalibrated {manifest.name} in {a.model_dir}")
+    _say(summary_table(outcome))
+    return 0
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:.1e}" for v in values) + "]"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

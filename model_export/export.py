@@ -1,0 +1,189 @@
+"""Checkpoint -> verified, calibrated model directory; and recalibration of an existing one.
+
+Everything is written into a staging directory next to the destination and moved into place
+only after the checker, the batch-size runs, torch parity, the FLOPs cross-check and calibration
+have passed, and the written manifest loads back with every sha256 matching.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model_export.build import (
+    build_manifest,
+    check_destination,
+    move_into_place,
+    provenance,
+    stage_specs,
+    staging_dir,
+)
+from model_export.calibrate_run import run_calibration
+from model_export.graphs import export_graphs
+from model_export.manifest import MANIFEST_FILE, Manifest, load_manifest, write_manifest
+from model_export.report import (
+    CalibrationOutcome,
+    exit_specs,
+    manifest_calibration,
+    write_curve,
+    write_plot,
+)
+from model_export.runtime import normalize, providers_for
+from model_export.verify import (
+    FlopsReport,
+    ParityReport,
+    check_batch_sizes,
+    check_flops,
+    check_graph,
+    check_parity,
+)
+from training.checkpoint import load_checkpoint, load_model, load_train_config
+from training.data import DataSplits, build_splits
+from training.flops import cumulative_flops, full_flops
+from training.models import MultiExitNet
+
+CONFIG_FILE = "config.json"  # the checkpoint's training config: rebuilds the data splits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    out: Path
+    tolerance: float = 0.005
+    name: str | None = None  # default: the name of the out directory
+    version: str = "1"
+    device: str = "cpu"  # ONNX Runtime device for calibration (parity always runs on CPU)
+    batch_size: int = 256
+    parity_images: int = 256
+    progress: bool = True
+    command: str | None = None  # recorded in the manifest's provenance
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    model_dir: Path
+    manifest: Manifest
+    parity: ParityReport
+    flops: FlopsReport
+    calibration: CalibrationOutcome
+
+
+def export_checkpoint(checkpoint: Path, cfg: ExportConfig) -> ExportResult:
+    """Rebuild model and data splits from the checkpoint's config, then export_model."""
+    state = load_checkpoint(checkpoint)
+    net, config = load_model(checkpoint)
+    splits = build_splits(load_train_config(config).data)
+    command = cfg.command
+    if state.get("command"):
+        command = f"train: {state['command']}; export: {cfg.command}"
+    epochs = int(state.get("epoch", config.get("epochs", 0)))
+    return export_model(net, config, splits, cfg, epochs=epochs, command=command)
+
+
+def export_model(
+    net: MultiExitNet,
+    config: dict[str, Any],
+    splits: DataSplits,
+    cfg: ExportConfig,
+    *,
+    epochs: int,
+    command: str | None = None,
+) -> ExportResult:
+    out = cfg.out.resolve()
+    check_destination(out)
+    providers = providers_for(cfg.device)
+    net = net.cpu().eval()
+    shape = (splits.channels, splits.height, splits.width)
+    tmp = staging_dir(out)
+    try:
+        stages, full = export_graphs(net, shape, tmp)
+        stage_paths = [tmp / g.file for g in stages]
+        specs = [check_graph(p) for p in stage_paths]
+        check_graph(tmp / full.file)
+        check_batch_sizes(stage_paths, tmp / full.file, shape, net.num_classes)
+        n = min(cfg.parity_images, len(splits.val))
+        x = normalize(splits.val.batch(torch.arange(n)).numpy(), splits.mean, splits.std)
+        parity = check_parity(net, stage_paths, tmp / full.file, x)
+        flops = check_flops(net, shape, stage_paths, tmp / full.file)
+        outcome = run_calibration(
+            stage_paths,
+            splits,
+            cumulative_flops(flops.per_stage),
+            full_flops(flops.per_stage),
+            cfg.tolerance,
+            providers=providers,
+            batch_size=cfg.batch_size,
+            progress=cfg.progress,
+        )
+        name = cfg.name or out.name
+        write_curve(outcome, tmp)
+        write_plot(outcome, tmp, name)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+        manifest = build_manifest(
+            model_dir=tmp,
+            name=name,
+            version=cfg.version,
+            splits=splits,
+            stages=stage_specs(tmp, [g.file for g in stages], specs, flops.per_stage),
+            full_file=full.file,
+            outcome=outcome,
+            prov=provenance(splits, config, epochs, command),
+        )
+        write_manifest(manifest, tmp)
+        load_manifest(tmp)  # validates and checks every sha256 as the server will
+        move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("model directory written: %s", out)
+    return ExportResult(out, manifest, parity, flops, outcome)
+
+
+def recalibrate(
+    model_dir: Path,
+    tolerance: float,
+    device: str = "cpu",
+    batch_size: int = 256,
+    progress: bool = True,
+) -> tuple[Manifest, CalibrationOutcome]:
+    """Choose new thresholds for an existing model directory (same graphs, same validation split)
+    and rewrite calibration.json/.png and the manifest's thresholds and calibration."""
+    manifest = load_manifest(model_dir)
+    config_path = model_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path}: missing; needed to rebuild the validation split")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    splits = build_splits(load_train_config(config).data)
+    outcome = run_calibration(
+        [model_dir / s.file for s in manifest.stages],
+        splits,
+        [e.cumulative_flops for e in manifest.exits],
+        manifest.flops_full,
+        tolerance,
+        providers=providers_for(device),
+        batch_size=batch_size,
+        progress=progress,
+    )
+    exits = exit_specs(outcome.val.chosen.thresholds, outcome.cumulative_flops)
+    updated = Manifest.model_validate(
+        {
+            **manifest.model_dump(),
+            "exits": [e.model_dump() for e in exits],
+            "calibration": manifest_calibration(outcome).model_dump(),
+        }
+    )
+    write_curve(outcome, model_dir)
+    write_plot(outcome, model_dir, manifest.name)
+    # Replace the manifest in one rename: a reader sees the old one or the new one, never half.
+    tmp = model_dir / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(updated.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, model_dir / MANIFEST_FILE)
+    return updated, outcome
