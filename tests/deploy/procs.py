@@ -108,7 +108,8 @@ def nginx(config: Path, prefix: Path, port: int, log: Path) -> Running:
     argv = [
         executable("nginx"),
         "-p", str(prefix), "-c", str(config), "-e", "stderr",
-        "-g", f"daemon off; pid {prefix / 'nginx.pid'};",
+        # Workers as root (ignored when not root) so they may buffer bodies in the test's tmp.
+        "-g", f"daemon off; pid {prefix / 'nginx.pid'}; user root;",
     ]  # fmt: skip
     ready = http_ok(f"http://127.0.0.1:{port}/nginx/health")
     return running(argv, log, ready, timeout=30, env=dict(os.environ))
