@@ -242,12 +242,12 @@ class Batcher:
                 by_loop.setdefault(row.loop, []).append((row.future, value))
             if self.metrics is not None and isinstance(value, RowResult):
                 self.metrics.queue_duration.labels(model=self.model).observe(value.queue_s)
+        with self._cond:  # before the answers are visible: a client may resubmit at once
+            self._admitted -= len(answers)
         for loop, pairs in by_loop.items():
             # One wake-up per loop and batch, not per row; a closed loop has nobody waiting.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(resolve, pairs)
-        with self._cond:
-            self._admitted -= len(answers)
 
     def _set_depth(self) -> None:
         if self.metrics is not None:

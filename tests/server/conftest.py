@@ -11,7 +11,13 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.settings import Settings
-from tests.server.tiny_model import build_tiny_model, fixture_pixels, png_bytes
+from tests.server.tiny_model import (
+    build_tiny_model,
+    fixture_pixels,
+    normalise,
+    png_bytes,
+    stage_probs,
+)
 
 ADMIN_TOKEN = "s3cret-admin-token"
 
@@ -50,3 +56,13 @@ def make_settings(model_dir: Path, **overrides: object) -> Settings:
 def client(tiny_model_dir: Path) -> Iterator[TestClient]:
     with TestClient(create_app(make_settings(tiny_model_dir))) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def offline_probs(tiny_model_dir: Path, pixels: np.ndarray) -> list[np.ndarray]:
+    """Softmax per exit of the fixture images, from plain sess.run over the stage graphs."""
+    return stage_probs(tiny_model_dir, normalise(pixels))
+
+
+def files(pngs: list[bytes], field: str = "files") -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [(field, (f"img{i}.png", data, "image/png")) for i, data in enumerate(pngs)]
