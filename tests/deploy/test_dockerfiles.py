@@ -9,6 +9,9 @@ images carry no torch or training code, and the GPU base image matches onnxrunti
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -227,3 +230,48 @@ def test_train_image_installs_the_pinned_torch_before_the_project() -> None:
     assert torch_at < project_at
     assert "--index-url" in runs[torch_at]
     assert any("dataset-fashion-mnist" in r for r in runs)
+
+
+_IMPORT_CHECK = """
+import importlib, pkgutil, sys
+from importlib.abc import MetaPathFinder
+
+class Block(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "onnx", "onnxscript", "training", "tests"}:
+            raise ImportError(f"{name} is not in the serving image")
+        return None
+
+sys.meta_path.insert(0, Block())
+import server
+assert server.__file__.startswith(sys.argv[1]), server.__file__
+for mod in pkgutil.walk_packages(server.__path__, "server."):
+    importlib.import_module(mod.name)
+import model_export.manifest
+assert model_export.manifest.__file__.startswith(sys.argv[1])
+print("ok", len(sys.modules))
+"""
+
+
+def test_what_the_cpu_image_copies_is_enough_to_import_the_server(tmp_path: Path) -> None:
+    """Lay out the build stage's COPY sources as the image would, and import every server module
+    from there with torch, onnx and the training code blocked."""
+    build = _read("Dockerfile").stages[0]
+    for cp in copies(build):  # Docker: a directory's contents go into dest; a file into dest/
+        for src in cp.sources:
+            dest = tmp_path / cp.dest
+            if (REPO / src).is_dir():
+                shutil.copytree(REPO / src, dest, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copy(REPO / src, dest / Path(src).name)
+    proc = subprocess.run(
+        [sys.executable, "-c", _IMPORT_CHECK, str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("ok")
