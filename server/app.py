@@ -49,11 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body, content_type = state.metrics.render()
         return Response(body, media_type=content_type)
 
-    app.add_middleware(
-        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=state.metrics
-    )
-    # Added last, so outermost: it sees every response, the 413s of the body limit included.
-    app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics, routes=app.router.routes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Added last, so outermost: it times and counts every response.
+    app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     return app
 
 

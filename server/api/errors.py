@@ -81,8 +81,10 @@ def install_error_handlers(app: FastAPI, metrics: Metrics, retry_after_s: int) -
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 400:
-            metrics.rejected.labels(reason="bad_request").inc()
+        # 413 from the body limit, 400 from Starlette's multipart parser; 404/405 not counted.
+        reason = {413: "body_too_large", 400: "bad_request"}.get(exc.status_code)
+        if reason is not None:
+            metrics.rejected.labels(reason=reason).inc()
         return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
     @app.exception_handler(Exception)

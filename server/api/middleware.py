@@ -3,36 +3,32 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 
-from starlette.routing import BaseRoute, Match
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.api.errors import error_response
 from server.metrics import Metrics
-from server.preprocess import InputError
 
 UNMATCHED = "unmatched"
 
 
-def route_template(scope: Scope, routes: Sequence[BaseRoute]) -> str:
+def route_template(scope: Scope) -> str:
     """The path template ("/v1/models/{name}/classify"), never the raw path (cardinality)."""
-    route = scope.get("route")
-    if route is None:  # refused before routing (413 on Content-Length): match it ourselves
-        for candidate in routes:
-            match, _ = candidate.matches(scope)
-            if match != Match.NONE:
-                route = candidate
-                break
-    path = getattr(route, "path", None)
+    path = getattr(scope.get("route"), "path", None)
     return path if isinstance(path, str) else UNMATCHED
 
 
+class BodyTooLargeError(StarletteHTTPException):
+    """An HTTPException, so FastAPI's body parsing lets it through as it is (413)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(413, detail)
+
+
 class RequestMetricsMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute]) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
-        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,41 +46,45 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = route_template(scope, self.routes)
+            route = route_template(scope)
             self.metrics.requests.labels(route=route, status=str(status)).inc()
             self.metrics.request_duration.labels(route=route).observe(time.perf_counter() - start)
 
 
 class BodyLimitMiddleware:
-    """413 when Content-Length or the bytes actually received exceed `max_bytes`."""
+    """413 when Content-Length or the bytes actually received exceed `max_bytes`.
 
-    def __init__(self, app: ASGIApp, max_bytes: int, metrics: Metrics) -> None:
+    The limit is enforced when a handler reads the body (after routing, so the request keeps its
+    route label), before any byte is read when Content-Length already says too much.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.metrics = metrics
 
-    def _message(self, size: int | str) -> str:
+    def _error(self, size: str) -> BodyTooLargeError:
         limit = self.max_bytes
-        return f"request body of {size} bytes exceeds the limit of {limit} (ELF_MAX_BODY_BYTES)"
+        return BodyTooLargeError(
+            f"request body of {size} bytes exceeds the limit of {limit} (ELF_MAX_BODY_BYTES)"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            self.metrics.rejected.labels(reason="body_too_large").inc()
-            await error_response(413, self._message(int(declared)))(scope, receive, send)
-            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        too_big = declared.isdigit() and int(declared) > self.max_bytes
         received = 0
 
         async def limited() -> Message:
             nonlocal received
+            if too_big:
+                raise self._error(declared.decode())
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise InputError(self._message(f"more than {received}"), 413, "body_too_large")
+                    raise self._error(f"more than {received - len(message.get('body', b''))}")
             return message
 
         await self.app(scope, limited, send)
