@@ -130,7 +130,9 @@ def check_destination(out: Path) -> None:
 def staging_dir(out: Path) -> Path:
     """A fresh directory next to `out` (same file system, so the final move is a rename)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    staged.chmod(0o755)  # mkdtemp makes it private; a model directory is read by the server
+    return staged
 
 
 def move_into_place(staged: Path, out: Path) -> None:

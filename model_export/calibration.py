@@ -10,7 +10,7 @@ point whose balanced accuracy is at most `tolerance` below the best point of the
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -219,7 +219,7 @@ def threshold_curve(
     """Every operating point searched, sorted by expected FLOPs ratio."""
     ev = _make_evaluator(probs, labels, cum_flops_ratio, tail_classes, train_class_counts)
     _search(ev, n_quantiles)
-    return sorted(ev.cache.values(), key=lambda p: (p.flops_ratio, -p.balanced_accuracy))
+    return _distinct(ev.cache.values())
 
 
 def evaluate_thresholds(
@@ -273,7 +273,7 @@ def calibrate(
         best = _best(list(ev.cache.values()))
         floor = best.balanced_accuracy - tolerance - 1e-12
         _descend(ev, cands, best.thresholds[:-1], partial(_constrained, floor=floor))
-    curve = sorted(ev.cache.values(), key=lambda p: (p.flops_ratio, -p.balanced_accuracy))
+    curve = _distinct(ev.cache.values())
     best = _best(curve)
     floor = best.balanced_accuracy - tolerance - 1e-12
     ok = [p for p in curve if p.balanced_accuracy >= floor]
@@ -281,6 +281,19 @@ def calibrate(
     kw = {"tail_classes": tail_classes, "train_class_counts": train_class_counts}
     final = final_exit_only(probs, labels, cum_flops_ratio, **kw)
     return CalibrationResult(tolerance, best, chosen, final, curve, pareto_front(curve))
+
+
+def _distinct(points: Iterable[CurvePoint]) -> list[CurvePoint]:
+    """Sorted by FLOPs; of threshold vectors with the same outcome (many are: a threshold after an
+    exit that takes everything does nothing) only the first in (FLOPs, -accuracy, thresholds)."""
+    seen: set[tuple[float, ...]] = set()
+    out: list[CurvePoint] = []
+    for p in sorted(points, key=lambda q: (q.flops_ratio, -q.balanced_accuracy, q.thresholds)):
+        key = (p.flops_ratio, p.balanced_accuracy, p.accuracy, *p.exit_rates)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
 
 
 def _best(points: list[CurvePoint]) -> CurvePoint:

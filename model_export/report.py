@@ -32,7 +32,18 @@ class CalibrationOutcome:
 
 
 def point_dict(p: CurvePoint) -> dict[str, Any]:
-    return dataclasses.asdict(p)
+    """Metrics rounded to 6 decimals for the file; thresholds exact (they are compared with >=)."""
+    d = dataclasses.asdict(p)
+    for key, value in d.items():
+        if key != "thresholds":
+            d[key] = _round(value)
+    return d
+
+
+def _round(v: Any) -> Any:
+    if isinstance(v, list | tuple):
+        return [_round(x) for x in v]
+    return round(v, 6) if isinstance(v, float) else v
 
 
 def manifest_point(p: CurvePoint) -> CalibrationPoint:
@@ -101,8 +112,15 @@ def curve_json(o: CalibrationOutcome) -> dict[str, Any]:
 
 
 def write_curve(o: CalibrationOutcome, model_dir: Path) -> Path:
+    """Indented summary; the long point lists one compact point per line."""
+    data = curve_json(o)
+    lists = ("pareto", "curve")
+    text = json.dumps({k: v for k, v in data.items() if k not in lists}, indent=1)[:-2]
+    for key in lists:
+        rows = ",\n  ".join(json.dumps(p, separators=(",", ":")) for p in data[key])
+        text += f',\n "{key}": [\n  {rows}\n ]'
     path = model_dir / CURVE_FILE
-    path.write_text(json.dumps(curve_json(o), indent=1) + "\n", encoding="utf-8")
+    path.write_text(text + "\n}\n", encoding="utf-8")
     return path
 
 
