@@ -1,0 +1,132 @@
+"""The ONNX Runtime side: merge graph bytes, IOBinding runner parity, providers, loading checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from model_export.manifest import ManifestError, load_manifest
+from server.engine.onnx_bytes import merge_rows_model
+from server.engine.runner import OnnxStageRunner
+from server.engine.sessions import CUDA, EngineError, load_stage_sessions, requested_providers
+from server.metrics import Metrics
+from server.models import find_model_dirs, load_models
+from tests.server.conftest import make_settings
+from tests.server.tiny_model import build_tiny_model, normalise
+
+
+@pytest.mark.parametrize(
+    ("n", "rank", "dtype"), [(1, 4, "float32"), (3, 2, "float32"), (2, 4, "float16")]
+)
+def test_merge_graph_is_valid_onnx_and_gathers_rows(n: int, rank: int, dtype: str) -> None:
+    data = merge_rows_model(n, rank, dtype)
+    onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(n)
+    parts = [rng.normal(size=(b, *[3] * (rank - 1))).astype(dtype) for b in range(1, n + 1)]
+    rows = rng.integers(0, sum(len(p) for p in parts), 5).astype(np.int64)
+    feeds = {f"x_{i}": p for i, p in enumerate(parts)} | {"rows": rows}
+    np.testing.assert_array_equal(sess.run(None, feeds)[0], np.concatenate(parts)[rows])
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_model_dir: Path) -> OnnxStageRunner:
+    manifest = load_manifest(tiny_model_dir)
+    settings = make_settings(tiny_model_dir)
+    return OnnxStageRunner(manifest, load_stage_sessions(manifest, tiny_model_dir, settings))
+
+
+def test_iobinding_chain_equals_plain_session_runs(
+    runner: OnnxStageRunner, tiny_model_dir: Path, pixels: np.ndarray
+) -> None:
+    x = normalise(pixels[:5])
+    h = runner.to_device(x)
+    plain = x
+    for k in range(3):
+        sess = ort.InferenceSession(
+            str(tiny_model_dir / f"stage_{k}.onnx"), providers=["CPUExecutionProvider"]
+        )
+        expected = sess.run(None, {"input": plain})
+        h, logits = runner.run(k, h)
+        np.testing.assert_allclose(logits, expected[-1], rtol=1e-5, atol=1e-5)
+        if k < 2:
+            assert isinstance(h, ort.OrtValue) and h.device_name().lower() == "cpu"
+            np.testing.assert_allclose(h.numpy(), expected[0], rtol=1e-5, atol=1e-6)
+            plain = expected[0]
+        else:
+            assert h is None
+
+
+def test_runner_merge_drops_and_joins_rows_on_the_device(
+    runner: OnnxStageRunner, pixels: np.ndarray
+) -> None:
+    a, _ = runner.run(0, runner.to_device(normalise(pixels[:4])))
+    b, _ = runner.run(0, runner.to_device(normalise(pixels[4:7])))
+    assert a is not None and b is not None
+    merged = runner.merge([(a, np.array([1, 3])), (b, np.array([0, 2]))])
+    expected = np.concatenate([a.numpy()[[1, 3]], b.numpy()[[0, 2]]])
+    np.testing.assert_array_equal(merged.numpy(), expected)
+    # Nothing dropped, one part: the same OrtValue goes on, no copy.
+    assert runner.merge([(a, np.arange(4))]) is a
+
+
+def test_warm_up_prepares_every_merge_arity(tiny_model_dir: Path) -> None:
+    manifest = load_manifest(tiny_model_dir)
+    settings = make_settings(tiny_model_dir, max_batch_size=4)
+    r = OnnxStageRunner(manifest, load_stage_sessions(manifest, tiny_model_dir, settings))
+    r.warm_up([1, 2, 3, 4])
+    assert sorted(r._merge) == [(n, 4, "float32") for n in range(1, 5)]
+
+
+def test_provider_choice() -> None:
+    assert requested_providers("cpu") == ["CPUExecutionProvider"]
+    if CUDA in ort.get_available_providers():
+        assert requested_providers("auto")[0][0] == CUDA
+    else:
+        assert requested_providers("auto") == ["CPUExecutionProvider"]
+        with pytest.raises(EngineError, match="ELF_PROVIDERS=cuda"):
+            requested_providers("cuda")
+
+
+def copy_model(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_a_corrupted_stage_file_is_refused_by_name(tiny_model_dir: Path, tmp_path: Path) -> None:
+    d = copy_model(tiny_model_dir, tmp_path / "m")
+    (d / "stage_1.onnx").write_bytes((d / "stage_1.onnx").read_bytes()[:-10])
+    with pytest.raises(ManifestError, match=r"stage_1\.onnx: sha256 mismatch"):
+        load_models(make_settings(d), Metrics())
+
+
+def test_graph_names_must_match_the_manifest(tiny_model_dir: Path, tmp_path: Path) -> None:
+    d = copy_model(tiny_model_dir, tmp_path / "m")
+    raw = json.loads((d / "manifest.json").read_text())
+    raw["stages"][0]["logits"]["name"] = "scores"
+    (d / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(EngineError, match=r"stage_0\.onnx: graph has inputs"):
+        load_models(make_settings(d), Metrics())
+
+
+def test_model_discovery(tiny_model_dir: Path, tmp_path: Path) -> None:
+    assert find_model_dirs(tiny_model_dir) == [tiny_model_dir]
+    with pytest.raises(ManifestError, match="does not exist"):
+        find_model_dirs(tmp_path / "missing")
+    with pytest.raises(ManifestError, match=r"no manifest\.json"):
+        find_model_dirs(tmp_path)
+    build_tiny_model(tmp_path / "one", name="same")
+    build_tiny_model(tmp_path / "two", name="same")
+    with pytest.raises(ManifestError, match="'same' is also used by"):
+        load_models(make_settings(tmp_path), Metrics())
+
+
+def test_unknown_default_model_is_refused(tiny_model_dir: Path) -> None:
+    with pytest.raises(ManifestError, match="ELF_DEFAULT_MODEL='other'"):
+        load_models(make_settings(tiny_model_dir, default_model="other"), Metrics())
