@@ -80,7 +80,11 @@ def git_commit(repo: Path | None = None) -> str | None:
 
 
 def provenance(
-    splits: DataSplits, config: dict[str, Any], epochs: int, command: str | None
+    splits: DataSplits,
+    config: dict[str, Any],
+    epochs: int,
+    command: str | None,
+    commit: str | None = None,
 ) -> Provenance:
     return Provenance(
         dataset=splits.name,
@@ -88,7 +92,7 @@ def provenance(
         loss=str(config["loss"]["base"]),
         epochs=epochs,
         architecture=str(config["model"]["arch"]),
-        commit=git_commit(),
+        commit=commit or git_commit(),
         command=command,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )

@@ -10,17 +10,20 @@ point whose balanced accuracy is at most `tolerance` below the best point of the
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 
-# 0, 0.05, ..., 1 and a finer grid near 1, where confident exits live.
-FIXED_GRID: tuple[float, ...] = (*(round(0.05 * i, 2) for i in range(21)), *(0.97, 0.98, 0.99))
-FIXED_GRID += (0.995, 0.999)
+from model_export.threshold_search import (
+    candidate_thresholds,
+    constrained,
+    descend,
+    lagrangian_sweep,
+)
+
 EXHAUSTIVE_MAX_EXITS = 3
-LAMBDAS: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 1e6)
 
 
 @dataclass(frozen=True)
@@ -156,48 +159,6 @@ class _Evaluator:
         return p
 
 
-def candidate_thresholds(conf: np.ndarray, n_quantiles: int = 33) -> list[float]:
-    """Quantiles of one exit's confidence [N] plus FIXED_GRID, sorted, unique, within [0, 1]."""
-    qs = np.quantile(conf, np.linspace(0.0, 1.0, n_quantiles)) if conf.size else np.array([])
-    values = np.clip(np.concatenate([qs, np.asarray(FIXED_GRID)]), 0.0, 1.0)
-    return sorted({float(v) for v in values})
-
-
-def _descend(
-    ev: _Evaluator,
-    cands: list[list[float]],
-    start: Sequence[float],
-    cost: Callable[[CurvePoint], float],
-    sweeps: int = 4,
-) -> list[float]:
-    """Coordinate descent on `cost` over the candidate grid from `start`; caches every point."""
-    t = list(start)
-    for _ in range(sweeps):
-        changed = False
-        for j in range(ev.k - 1):
-            scores = [cost(ev.point([*t[:j], v, *t[j + 1 :]])) for v in cands[j]]
-            i = int(np.argmin(scores))
-            if scores[i] < cost(ev.point(t)) - 1e-12:
-                t[j], changed = cands[j][i], True
-        if not changed:
-            break
-    return t
-
-
-def _lagrangian_sweep(ev: _Evaluator, cands: list[list[float]]) -> None:
-    """Points minimising flops - lambda * balanced accuracy, for each lambda (the convex hull)."""
-    for lam in LAMBDAS:
-        _descend(ev, cands, [1.0] * (ev.k - 1), partial(_lagrangian, lam=lam))
-
-
-def _lagrangian(p: CurvePoint, lam: float) -> float:
-    return p.flops_ratio - lam * p.balanced_accuracy
-
-
-def _constrained(p: CurvePoint, floor: float) -> float:
-    return p.flops_ratio if p.balanced_accuracy >= floor else np.inf
-
-
 def pareto_front(points: Sequence[CurvePoint]) -> list[CurvePoint]:
     """Points sorted by FLOPs whose balanced accuracy beats every cheaper (or equal-cost) point."""
     front: list[CurvePoint] = []
@@ -272,7 +233,7 @@ def calibrate(
         # The Lagrangian sweep only finds the convex hull: refine under the actual constraint.
         best = _best(list(ev.cache.values()))
         floor = best.balanced_accuracy - tolerance - 1e-12
-        _descend(ev, cands, best.thresholds[:-1], partial(_constrained, floor=floor))
+        descend(ev, cands, best.thresholds[:-1], partial(constrained, floor=floor))
     curve = _distinct(ev.cache.values())
     best = _best(curve)
     floor = best.balanced_accuracy - tolerance - 1e-12
@@ -318,6 +279,6 @@ def _search(ev: _Evaluator, n_quantiles: int) -> list[list[float]]:
         for combo in itertools.product(*cands):
             ev.point(combo)
     else:
-        _lagrangian_sweep(ev, cands)
+        lagrangian_sweep(ev, cands)
     ev.point([1.0] * (ev.k - 1))
     return cands

@@ -85,7 +85,8 @@ def export_checkpoint(checkpoint: Path, cfg: ExportConfig) -> ExportResult:
     if state.get("command"):
         command = f"train: {state['command']}; export: {cfg.command}"
     epochs = int(state.get("epoch", config.get("epochs", 0)))
-    return export_model(net, config, splits, cfg, epochs=epochs, command=command)
+    commit = str(state["commit"]) if state.get("commit") else None
+    return export_model(net, config, splits, cfg, epochs=epochs, command=command, commit=commit)
 
 
 def export_model(
@@ -96,7 +97,9 @@ def export_model(
     *,
     epochs: int,
     command: str | None = None,
+    commit: str | None = None,
 ) -> ExportResult:
+    """Export, verify and calibrate `net`; `commit`: the training code's (default: this code)."""
     out = cfg.out.resolve()
     check_destination(out)
     providers = providers_for(cfg.device)
@@ -135,7 +138,7 @@ def export_model(
             stages=stage_specs(tmp, [g.file for g in stages], specs, flops.per_stage),
             full_file=full.file,
             outcome=outcome,
-            prov=provenance(splits, config, epochs, command),
+            prov=provenance(splits, config, epochs, command, commit),
         )
         write_manifest(manifest, tmp)
         load_manifest(tmp)  # validates and checks every sha256 as the server will
