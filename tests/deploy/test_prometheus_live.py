@@ -99,6 +99,8 @@ def test_prometheus_counts_the_traffic_and_evaluates_every_query(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     server_port, prom_port = procs.free_port(), procs.free_port()
+    while prom_port == server_port:
+        prom_port = procs.free_port()
     server = f"http://127.0.0.1:{server_port}"
     config = adapted_config(tmp_path, f"127.0.0.1:{server_port}", prom_port)
     pngs = [png_bytes(p) for p in fixture_pixels(HALF)]
