@@ -110,6 +110,24 @@ def test_runs_as_non_root_user(name: str) -> None:
     assert re.search(rf"useradd\b.*\b{re.escape(users[-1])}\b", created), created
 
 
+@pytest.mark.parametrize("name", ALL_IMAGES)
+def test_hadolint_rules_that_matter_here(name: str) -> None:
+    """Pinned base images (DL3006/DL3007), lean apt layers (DL3015, DL3009), no pip cache."""
+    df = _read(name)
+    for stage in df.stages:
+        image = stage.base if stage.base not in {s.name for s in df.stages} else None
+        if image is not None:
+            assert ":" in image and not image.endswith(":latest"), f"{name}: FROM {image}"
+        for ins in stage.instructions:
+            if ins.keyword == "RUN" and "apt-get install" in ins.args:
+                assert "--no-install-recommends" in ins.args, f"{name}:{ins.line}"
+                assert "rm -rf /var/lib/apt/lists/*" in ins.args, f"{name}:{ins.line}"
+            if ins.keyword == "ADD":
+                raise AssertionError(f"{name}:{ins.line}: use COPY, not ADD (DL3020)")
+    text = df.path.read_text()
+    assert "PIP_NO_CACHE_DIR=1" in text or "--no-cache-dir" in text, name
+
+
 @pytest.mark.parametrize("name", RUNTIME_IMAGES)
 def test_healthcheck_asks_readiness_and_cmd_serves_on_8000(name: str) -> None:
     stage = _read(name).final
