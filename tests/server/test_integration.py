@@ -1,0 +1,160 @@
+"""A real uvicorn process: 200 concurrent requests equal the offline ONNX Runtime answers, the
+metrics add up, a full queue answers 503, and SIGTERM lets in-flight requests finish."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from model_export.manifest import load_manifest
+from tests.server.live import LiveServer, live_server
+from tests.server.tiny_model import early_exit, normalise
+
+pytestmark = pytest.mark.integration
+
+N_REQUESTS = 200
+CONCURRENCY = 32
+
+
+def _request(i: int, png: bytes, x: np.ndarray) -> tuple[str, dict[str, Any]]:
+    """Four ways to send image i: v1 multipart, v1 raw body, v2 FP32, v2 BYTES."""
+    kind = i % 4
+    if kind == 0:
+        return "/v1/classify", {"files": {"file": (f"{i}.png", png, "image/png")}}
+    if kind == 1:
+        return "/v1/models/tiny/classify", {
+            "content": png,
+            "headers": {"Content-Type": "image/png"},
+        }
+    if kind == 2:
+        inp = {
+            "name": "input",
+            "shape": [1, 1, 28, 28],
+            "datatype": "FP32",
+            "data": x.ravel().tolist(),
+        }
+    else:
+        inp = {
+            "name": "input",
+            "shape": [1],
+            "datatype": "BYTES",
+            "data": [base64.b64encode(png).decode()],
+        }
+    return "/v2/models/tiny/infer", {"json": {"id": str(i), "inputs": [inp]}}
+
+
+def _answer(body: dict[str, Any]) -> tuple[int, int, float]:
+    if "results" in body:
+        r = body["results"][0]
+        return r["class_index"], r["exit"]["index"], r["confidence"]
+    out = {o["name"]: o["data"][0] for o in body["outputs"]}
+    return out["class_index"], out["exit_index"], out["confidence"]
+
+
+async def _fire(url: str, pngs: list[bytes], xs: np.ndarray) -> list[httpx.Response]:
+    limit = asyncio.Semaphore(CONCURRENCY)
+    limits = httpx.Limits(max_connections=CONCURRENCY)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+
+        async def one(i: int) -> httpx.Response:
+            path, kwargs = _request(i, pngs[i % len(pngs)], xs[i % len(pngs)])
+            async with limit:
+                return await client.post(path, **kwargs)
+
+        return list(await asyncio.gather(*(one(i) for i in range(N_REQUESTS))))
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+def assert_clean_exit(returncode: int, server: LiveServer) -> None:
+    # uvicorn re-raises SIGTERM after its graceful shutdown, so -15 is a clean exit too.
+    assert returncode in (0, -signal.SIGTERM), server.logs()
+    logs = server.logs()
+    assert "batchers stopped" in logs and "Application shutdown complete" in logs
+
+
+def _sum(samples: dict, name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == name and want <= lab)
+
+
+def test_concurrent_requests_equal_offline_results_and_metrics_add_up(
+    tiny_model_dir: Path, pngs: list[bytes], pixels: np.ndarray,
+    offline_probs: list[np.ndarray], tmp_path: Path,
+) -> None:  # fmt: skip
+    manifest = load_manifest(tiny_model_dir)
+    pred, exits = early_exit(offline_probs, manifest.thresholds)
+    xs = normalise(pixels)
+    env = {"ELF_MAX_BATCH_SIZE": "8", "ELF_MAX_QUEUE_DELAY_MS": "2"}
+    with live_server(tiny_model_dir, tmp_path / "serve.log", **env) as server:
+        responses = asyncio.run(_fire(server.url, pngs, xs))
+        assert [r.status_code for r in responses] == [200] * N_REQUESTS, server.logs()
+        for i, r in enumerate(responses):
+            j = i % len(pngs)
+            cls, ex, conf = _answer(r.json())
+            assert (cls, ex) == (pred[j], exits[j]), f"request {i}"
+            assert conf == pytest.approx(offline_probs[ex][j].max(), abs=1e-5)
+        m = _samples(httpx.get(f"{server.url}/metrics").text)
+        served = [exits[i % len(pngs)] for i in range(N_REQUESTS)]
+        assert _sum(m, "elf_images_total", model="tiny") == N_REQUESTS
+        exit_counts = [_sum(m, "elf_exits_total", model="tiny", exit=str(k)) for k in range(3)]
+        assert exit_counts == np.bincount(served, minlength=3).tolist()
+        cum = [e.cumulative_flops for e in manifest.exits]
+        assert _sum(m, "elf_flops_executed_total", model="tiny") == sum(cum[e] for e in served)
+        assert _sum(m, "elf_flops_full_total", model="tiny") == N_REQUESTS * manifest.flops_full
+        assert _sum(m, "elf_requests_total", route="/v2/models/{name}/infer", status="200") == 100
+        # Batching happened: fewer stage-0 runs than images, and every image ran stage 0.
+        assert _sum(m, "elf_batch_size_sum", model="tiny", stage="0") == N_REQUESTS
+        assert _sum(m, "elf_batch_size_count", model="tiny", stage="0") < N_REQUESTS
+        assert _sum(m, "elf_batch_size_sum", model="tiny", stage="2") == exit_counts[2]
+        assert_clean_exit(server.terminate(), server)
+
+
+async def _burst(url: str, png: bytes, n: int) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        headers = {"Content-Type": "image/png"}
+        return list(
+            await asyncio.gather(
+                *(client.post("/v1/classify", content=png, headers=headers) for _ in range(n))
+            )
+        )
+
+
+def test_full_queue_is_503_and_sigterm_finishes_in_flight_requests(
+    tiny_model_dir: Path, pngs: list[bytes], tmp_path: Path
+) -> None:
+    # Rows wait 400 ms for a fuller batch: the queue (2 images) fills within the burst.
+    env = {"ELF_MAX_QUEUE_SIZE": "2", "ELF_MAX_QUEUE_DELAY_MS": "400", "ELF_MAX_BATCH_SIZE": "8"}
+    with live_server(tiny_model_dir, tmp_path / "serve.log", **env) as server:
+        responses = asyncio.run(_burst(server.url, pngs[0], 10))
+        codes = sorted(r.status_code for r in responses)
+        assert codes == [200] * 2 + [503] * 8, server.logs()
+        refused = [r for r in responses if r.status_code == 503]
+        assert all(r.headers["Retry-After"] == "1" for r in refused)
+        assert all("queue full" in r.json()["error"] for r in refused)
+        m = _samples(httpx.get(f"{server.url}/metrics").text)
+        assert _sum(m, "elf_rejected_total", reason="queue_full") == 8
+
+        async def shutdown_during_requests() -> list[httpx.Response]:
+            pending = asyncio.ensure_future(_burst(server.url, pngs[1], 2))
+            await asyncio.sleep(0.15)  # both requests are inside the batcher, waiting
+            server.proc.terminate()
+            return await pending
+
+        late = asyncio.run(shutdown_during_requests())
+        assert [r.status_code for r in late] == [200, 200], server.logs()
+        assert_clean_exit(server.proc.wait(20), server)
