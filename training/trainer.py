@@ -51,8 +51,11 @@ def resolve_config(cfg: TrainConfig, splits: DataSplits) -> TrainConfig:
 
 
 def lr_factor(step: int, steps_per_epoch: int, epochs: int, opt: OptimConfig) -> float:
-    """Linear warm-up over warmup_epochs, then cosine to 0 or step decay; per optimizer step."""
-    warm = opt.warmup_epochs * steps_per_epoch
+    """Linear warm-up over warmup_epochs, then cosine to 0 or step decay; per optimizer step.
+
+    The warm-up never takes the whole run: at most epochs - 1 epochs.
+    """
+    warm = min(opt.warmup_epochs, epochs - 1) * steps_per_epoch
     if step < warm:
         return (step + 1) / warm
     if opt.schedule == "cosine":
@@ -191,6 +194,11 @@ def _log_epoch(record: dict[str, Any]) -> None:
 
 def main(cfg: TrainConfig) -> dict[str, Any] | None:
     """Train (or resume), evaluate, write outputs; returns the final metrics on rank 0."""
+    return train(cfg)[1]
+
+
+def train(cfg: TrainConfig) -> tuple[MultiExitNet, dict[str, Any] | None]:
+    """main, also returning this process's trained network (rank 0 alone gets the metrics)."""
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     _setup_threads(cfg, device)
     info = init_distributed(device)
@@ -200,7 +208,9 @@ def main(cfg: TrainConfig) -> dict[str, Any] | None:
         cleanup(info)
 
 
-def _run(cfg: TrainConfig, device: torch.device, info: DistInfo) -> dict[str, Any] | None:
+def _run(
+    cfg: TrainConfig, device: torch.device, info: DistInfo
+) -> tuple[MultiExitNet, dict[str, Any] | None]:
     splits = build_splits(cfg.data)
     cfg = resolve_config(cfg, splits)
     ckpt_path = cfg.out / CHECKPOINT_FILE
@@ -255,10 +265,10 @@ def _run(cfg: TrainConfig, device: torch.device, info: DistInfo) -> dict[str, An
             _log_epoch(record)
         barrier(info)
     if not info.is_main:
-        return None
+        return model, None
     metrics = _finish(run)
     log.info("wrote %s", cfg.out)
-    return metrics
+    return model, metrics
 
 
 def _maybe_resume(
