@@ -31,7 +31,9 @@ def free_port() -> int:
 def executable(name: str) -> str:
     """A console script of this venv (elf-serve) or a program on PATH (prometheus, nginx)."""
     local = Path(sys.executable).parent / name
-    found = str(local) if local.exists() else shutil.which(name)
+    # nginx lives in /usr/sbin, which a non-login PATH may lack.
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    found = str(local) if local.exists() else shutil.which(name, path=search)
     assert found is not None, f"{name} is not installed"
     return found
 
