@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from model_export.export import ExportConfig, export_checkpoint, recalibrate
+from model_export.export import MODEL_NAME_PATTERN, ExportConfig, export_checkpoint, recalibrate
 from model_export.manifest import ManifestError
 from model_export.report import summary_table
 from model_export.verify import VerificationError
@@ -23,10 +24,25 @@ from training.data import DatasetError
 _QUIET = ("onnx_ir", "onnxscript", "torch.onnx", "torch._dynamo", "torch.export")
 
 
+def _tolerance(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"must be in [0, 1] (a fraction: 0.005 = 0.5 points), got {text}"
+        )
+    return value
+
+
+def _name(text: str) -> str:
+    if not re.fullmatch(MODEL_NAME_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '.', '_', '-' only")
+    return text
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tolerance",
-        type=float,
+        type=_tolerance,
         default=0.005,
         help="balanced accuracy the chosen point may lose against the best point (default 0.005)",
     )
@@ -44,7 +60,7 @@ def export_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pt)")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
-    p.add_argument("--name", help="model name (default: the --out directory's name)")
+    p.add_argument("--name", type=_name, help="model name (default: the --out directory's name)")
     p.add_argument("--version", default="1", help="model version string (default 1)")
     _common(p)
     return p

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ from training.data import DataSplits, build_splits
 from training.flops import cumulative_flops, full_flops
 from training.models import MultiExitNet
 
+MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"  # as Manifest.name
 CONFIG_FILE = "config.json"  # the checkpoint's training config: rebuilds the data splits
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,12 @@ def export_model(
 ) -> ExportResult:
     """Export, verify and calibrate `net`; `commit`: the training code's (default: this code)."""
     out = cfg.out.resolve()
+    name = cfg.name or out.name
+    # Fail before the slow part on what would only fail when the manifest is written.
+    if not re.fullmatch(MODEL_NAME_PATTERN, name):
+        raise ValueError(f"model name {name!r}: letters, digits, '.', '_', '-' only")
+    if not 0.0 <= cfg.tolerance <= 1.0:
+        raise ValueError(f"tolerance must be in [0, 1], got {cfg.tolerance}")
     check_destination(out)
     providers = providers_for(cfg.device)
     net = net.cpu().eval()
@@ -126,7 +134,6 @@ def export_model(
             batch_size=cfg.batch_size,
             progress=cfg.progress,
         )
-        name = cfg.name or out.name
         write_curve(outcome, tmp)
         write_plot(outcome, tmp, name)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
