@@ -6,7 +6,7 @@ loss, the evaluation and the server.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch.nn.functional as F
@@ -111,7 +111,9 @@ class ExitHead(nn.Module):
 class MultiExitNet(nn.Module):
     """K stages, one exit after each; exits[K-1] is the ordinary final classifier."""
 
-    def __init__(self, stages: list[nn.Module], exits: list[nn.Module], num_classes: int) -> None:
+    def __init__(
+        self, stages: Sequence[nn.Module], exits: Sequence[nn.Module], num_classes: int
+    ) -> None:
         super().__init__()
         if len(stages) != len(exits):
             raise ValueError(f"{len(stages)} stages but {len(exits)} exits")

@@ -133,7 +133,9 @@ def test_balanced_softmax_by_hand() -> None:
     log_prior = torch.tensor([math.log(p) for p in prior])
     z = [0.5, 0.0, 1.0]
     got = balanced_softmax(torch.tensor([z]), torch.tensor([2]), log_prior).item()
-    assert got == pytest.approx(_ce([v + math.log(p) for v, p in zip(z, prior)], 2), rel=1e-6)
+    assert got == pytest.approx(
+        _ce([v + math.log(p) for v, p in zip(z, prior, strict=True)], 2), rel=1e-6
+    )
     fn = MultiExitLoss(LossConfig(method="standard", base="balanced_softmax"), COUNTS, 3, 10)
     assert fn.base_loss(torch.tensor([z]), torch.tensor([2])).item() == pytest.approx(got)
 

@@ -1,0 +1,82 @@
+"""elf-train end to end on a generated image folder: every output, and what it holds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.training.conftest import TRAIN_COUNTS, tiny_args
+from training import cli
+from training.checkpoint import load_model, load_train_config
+from training.data import build_splits, normalize
+
+ELF_TRAIN = Path(sys.executable).parent / "elf-train"
+
+
+def test_help_documents_every_option() -> None:
+    parser = cli.build_parser()
+    for action in parser._actions:
+        assert action.help, f"{action.option_strings} has no help"
+    text = parser.format_help()
+    for flag in ("--method", "--loss", "--tau-train", "--exited-weight", "--elf-warmup-epochs",
+                 "--resume", "--device", "--workers", "--schedule", "--seed"):  # fmt: skip
+        assert flag in text
+
+
+def test_bad_arguments_fail_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--out", "x", "--tau-train", "1.5"])
+    assert exc.value.code == 2
+    assert "tau_train values must lie in [0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_one_epoch_writes_every_output(image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = tiny_args(image_folder, out, "--epochs", "1", "--method", "elf", "--loss", "ldam")
+    proc = subprocess.run(
+        [str(ELF_TRAIN), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("checkpoint.pt", "config.json", "metrics.jsonl", "metrics.json",
+                 "predictions.npz", "per_class_accuracy.png"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert (out / "per_class_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cfg = load_train_config(json.loads((out / "config.json").read_text()))
+    assert cfg.model.num_classes == 3 and cfg.model.in_channels == 1
+    assert cfg.model.classifier == "cosine"  # auto for LDAM
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert record["epoch"] == 1 and record["train_images"] == sum(TRAIN_COUNTS)
+    assert sum(record["train_exit_rate"]) == pytest.approx(1.0)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["train_class_counts"] == list(TRAIN_COUNTS)
+    assert m["groups"]["head"] == [0] and m["groups"]["tail"] == [2]
+    assert m["groups"]["few"] == [0, 1, 2]  # every class has < 20 training images
+    assert len(m["test"]["exits"]) == 3
+    for point in [*m["test"]["fixed_thresholds"].values(), m["test"]["calibrated_chosen"]]:
+        cum = np.asarray(m["flops"]["cumulative"], dtype=float)
+        expected = float(np.dot(point["exit_rates"], cum))
+        assert point["expected_flops"] == pytest.approx(expected)
+        assert point["flops_saved"] == pytest.approx(1 - expected / m["flops"]["full"])
+    _check_predictions_match_checkpoint(out, m)
+
+
+def _check_predictions_match_checkpoint(out: Path, metrics: dict) -> None:
+    """The saved test probabilities and per-exit accuracies come from the saved network."""
+    model, config = load_model(out / "checkpoint.pt")
+    cfg = load_train_config(config)
+    splits = build_splits(cfg.data)
+    x = normalize(splits.test.batch(torch.arange(len(splits.test))), splits.mean, splits.std)
+    with torch.no_grad():
+        probs = [torch.softmax(z, 1).numpy() for z in model(x)]
+    saved = np.load(out / "predictions.npz")
+    labels = splits.test.labels.numpy()
+    for k, p in enumerate(probs):
+        np.testing.assert_allclose(saved[f"test_probs_{k}"], p, atol=1e-5)
+        assert metrics["test"]["exits"][k]["top1"] == pytest.approx((p.argmax(1) == labels).mean())
