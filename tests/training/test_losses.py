@@ -89,7 +89,7 @@ def test_exit_weights_and_exited_weight() -> None:
     cfg = LossConfig(method="elf", exit_weights=(0.5, 1.0, 2.0), exited_weight=0.1)
     out = MultiExitLoss(cfg, COUNTS, 3, 10)(_logits(), torch.tensor(TARGETS))
     w = [0.5, 1.0, 2.0]
-    mask = [[1, 0.1, 0.1], [1, 1, 0.1], [1, 1, 1]]
+    mask: list[list[float]] = [[1, 0.1, 0.1], [1, 1, 0.1], [1, 1, 1]]
     expected = sum(mask[i][k] * w[k] * _ce(LOGITS[k][i], i) for i in range(3) for k in range(3))
     assert out.loss.item() == pytest.approx(expected / 3, rel=1e-5)
 

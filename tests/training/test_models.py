@@ -32,7 +32,8 @@ def test_forward_returns_every_exit(arch: str, channels: int, size: int, exits: 
 
 def test_resnet32_layout() -> None:
     model = build_model(ModelConfig(arch="resnet32"))
-    assert [len(s) for s in model.stages] == [6, 5, 5]  # stem + 5 blocks, then 5 and 5 blocks
+    # stage 0: the stem and 5 blocks; stages 1 and 2: 5 blocks each
+    assert [len(list(s.children())) for s in model.stages] == [6, 5, 5]
     x = torch.zeros(1, 1, 28, 28)
     shapes = []
     for stage in model.stages:
