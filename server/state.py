@@ -25,6 +25,7 @@ class AppState:
         return self.registry
 
 
-def get_state(request: Request) -> AppState:
+# async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request.
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.elf
     return state

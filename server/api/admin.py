@@ -44,7 +44,7 @@ def require_admin(request: Request, state: AppState) -> None:
         raise ApiError(403, "wrong admin token", "forbidden")
 
 
-def admin_guard(request: Request, state: StateDep) -> None:
+async def admin_guard(request: Request, state: StateDep) -> None:
     require_admin(request, state)
 
 

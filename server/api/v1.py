@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from server.models import ExitMode, ServedModel
@@ -96,7 +97,7 @@ class ClassifyQuery:
     mode: ExitMode
 
 
-def classify_query(
+async def classify_query(
     threshold: ThresholdQ = None, top_k: TopKQ = None, exit_mode: ExitQ = "auto"
 ) -> ClassifyQuery:
     return ClassifyQuery(threshold, top_k, exit_mode)
@@ -125,17 +126,20 @@ async def _classify(
     return ClassifyResponse(model=model.name, version=model.manifest.version, results=results)
 
 
+def json_response(body: BaseModel, exclude_none: bool = False) -> Response:
+    """Serialised once by pydantic-core (returning the model makes FastAPI validate it again)."""
+    return Response(body.model_dump_json(exclude_none=exclude_none), media_type="application/json")
+
+
 @router.post("/classify", response_model=ClassifyResponse)
-async def classify_default(request: Request, state: StateDep, q: QueryDep) -> ClassifyResponse:
+async def classify_default(request: Request, state: StateDep, q: QueryDep) -> Response:
     """Classify with the default model."""
-    return await _classify(request, state, None, q)
+    return json_response(await _classify(request, state, None, q))
 
 
 @router.post("/models/{name}/classify", response_model=ClassifyResponse)
-async def classify_with(
-    name: str, request: Request, state: StateDep, q: QueryDep
-) -> ClassifyResponse:
-    return await _classify(request, state, name, q)
+async def classify_with(name: str, request: Request, state: StateDep, q: QueryDep) -> Response:
+    return json_response(await _classify(request, state, name, q))
 
 
 def summary(model: ServedModel, default: str) -> ModelSummary:

@@ -19,10 +19,10 @@ import uuid
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from server.api.v1 import StateDep
+from server.api.v1 import StateDep, json_response
 from server.models import ExitMode, ServedModel, UnknownModelError
 from server.preprocess import InputError, tensor_input
 from server.schemas.v2 import (
@@ -206,7 +206,7 @@ def _tensor(name: str, answers: list[Answer], model: ServedModel) -> ResponseOut
 )
 async def infer(
     name: str, req: InferenceRequest, state: StateDep, model_version: str | None = None
-) -> InferenceResponse:
+) -> Response:
     start = time.perf_counter()
     model = _model(state, name, model_version)
     threshold, mode = _parameters(req.parameters)
@@ -221,10 +221,11 @@ async def infer(
         "flops_saved_ratio": 1 - executed / (full * len(answers)),
         "total_ms": (time.perf_counter() - start) * 1e3,
     }
-    return InferenceResponse(
+    response = InferenceResponse(
         model_name=model.name,
         model_version=model.manifest.version,
         id=req.id if req.id is not None else str(uuid.uuid4()),
         parameters=params,
         outputs=[_tensor(o, answers, model) for o in requested],
     )
+    return json_response(response, exclude_none=True)
