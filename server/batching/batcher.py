@@ -91,6 +91,7 @@ class Batcher:
             self._admitted += len(rows)
             self._queues[0].extend(rows)
             self._queued[0] += len(rows)
+            self._set_depth()
             self._cond.notify()
 
     async def infer(
