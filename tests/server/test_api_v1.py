@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +132,22 @@ def test_a_models_root_serves_several_models(
             res = c.post(route, files=files(pngs[:8])).json()["results"]
             assert [x["class_index"] for x in res] == pred.tolist()
             assert [x["exit"]["index"] for x in res] == exits.tolist()
+
+
+def test_inference_runs_on_the_batcher_thread_not_the_event_loop(
+    client: TestClient, pngs: list[bytes]
+) -> None:
+    model = client.app.state.elf.models.get("tiny")  # type: ignore[attr-defined]
+    seen: list[str] = []
+    run = model.runner.run
+
+    def spy(k: int, x: object) -> object:
+        seen.append(threading.current_thread().name)
+        return run(k, x)
+
+    model.runner.run = spy
+    try:
+        assert client.post("/v1/classify", files=files(pngs[:4])).status_code == 200
+    finally:
+        model.runner.run = run
+    assert seen and set(seen) == {"batcher-tiny"}
