@@ -10,7 +10,7 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from server.settings import Settings
+from server.settings import Settings, unknown_variables
 
 # flag -> settings field (the environment variable is ELF_<FIELD>).
 _FLAGS = {
@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for name in unknown_variables():
+        logging.getLogger("elf-serve").warning("%s is not a setting of elf-serve; ignored", name)
     uvicorn.run(
         "server.app:app_from_env",
         factory=True,

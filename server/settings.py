@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         return max(1, available_cpus() // self.workers)
 
 
+def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """ELF_* variables that set nothing (a typo would otherwise pass silently)."""
+    env = os.environ if environ is None else environ
+    fields = {name.upper() for name in Settings.model_fields}
+    return sorted(k for k in env if k.upper().startswith("ELF_") and k.upper()[4:] not in fields)
+
+
 def available_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from server import cli
-from server.settings import Settings, available_cpus
+from server.settings import Settings, available_cpus, unknown_variables
 
 
 def test_settings_read_the_environment_and_are_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -56,3 +56,8 @@ def test_cli_flags_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (s.model_dir, s.max_batch_size, s.workers, s.max_queue_size) == (Path("/m"), 4, 2, 7)
     with pytest.raises(SystemExit, match="invalid settings"):
         cli.main(["--max-batch-size", "zero"])
+
+
+def test_unknown_elf_variables_are_reported() -> None:
+    env = {"ELF_MAX_BATCH_SIZE": "4", "ELF_MAX_BATCHSIZE": "4", "HOME": "/", "elf_port": "1"}
+    assert unknown_variables(env) == ["ELF_MAX_BATCHSIZE", "elf_port"]
