@@ -143,6 +143,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     _opt(g, "--device", t.device, "auto: cuda when present", choices=("auto", "cpu", "cuda"))
     _opt(g, "--workers", t.workers, "DataLoader workers (lazily decoded folder/list data)")
     _opt(g, "--threads", t.threads, "torch CPU threads; 0 = cores / processes")
+    _opt(g, "--eval-every", t.eval_every, "validation (metrics.jsonl) every N epochs and the last")
     _opt(g, "--no-progress", False, "no tqdm progress bars", action="store_true")
     _opt(g, "--eval-thresholds", t.eval_thresholds, "fixed exit thresholds reported on test")
     _opt(
@@ -193,7 +194,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         out=a.out, epochs=a.epochs, batch_size=a.batch_size, eval_batch_size=a.eval_batch_size,
         seed=a.seed, device=a.device, workers=a.workers, threads=a.threads,
-        progress=not a.no_progress, resume=a.resume, eval_thresholds=tuple(a.eval_thresholds),
+        progress=not a.no_progress, eval_every=a.eval_every, resume=a.resume,
+        eval_thresholds=tuple(a.eval_thresholds),
         calibration_tolerance=a.calibration_tolerance, data=data, model=model, loss=loss,
         optim=optim, augment=AugmentConfig(padding=a.padding, flip=not a.no_flip),
     )  # fmt: skip

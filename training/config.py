@@ -45,6 +45,7 @@ class TrainConfig:
     workers: int = 0  # DataLoader workers for lazily decoded data sets (in-memory sets need none)
     threads: int = 0  # torch intra-op threads on CPU; 0 = CPU cores / processes
     progress: bool = True  # tqdm bars
+    eval_every: int = 1  # validation every this many epochs (and after the last)
     resume: bool = False  # continue from OUT/checkpoint.pt when it exists
     # Fixed thresholds (one value for every exit) reported on the test set after training.
     eval_thresholds: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -62,6 +63,8 @@ class TrainConfig:
             raise ValueError("epochs, batch_size and eval_batch_size must be >= 1")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"unknown device {self.device!r}; use auto, cpu or cuda")
+        if self.eval_every < 1:
+            raise ValueError("eval_every must be >= 1")
         if self.workers < 0 or self.threads < 0:
             raise ValueError("workers and threads must be >= 0")
 

@@ -181,17 +181,19 @@ def _finish(run: _Run) -> dict[str, Any]:
 
 
 def _log_epoch(record: dict[str, Any]) -> None:
-    log.info(
-        "epoch %d: loss %.4f, train exit rate %s, val exit bal. top-1 %s, val early-exit best %.4f "
-        "(FLOPs %.2f), %.1f s",
-        record["epoch"],
-        record["train_loss"],
-        [round(r, 3) for r in record["train_exit_rate"]],
-        [round(a, 4) for a in record["val_exit_balanced_top1"]],
-        record["val_ee_best"],
-        record["val_ee_best_flops_ratio"],
-        record["train_seconds"],
+    text = (
+        f"epoch {record['epoch']}: loss {record['train_loss']:.4f}, "
+        f"train exit rate {[round(r, 3) for r in record['train_exit_rate']]}, "
+        f"{record['train_seconds']:.1f} s"
     )
+    if "val_ee_best" in record:
+        text += (
+            f"; val balanced top-1 per exit "
+            f"{[round(a, 4) for a in record['val_exit_balanced_top1']]}"
+            f", early exit best {record['val_ee_best']:.4f} "
+            f"(FLOPs ratio {record['val_ee_best_flops_ratio']:.2f})"
+        )
+    log.info("%s", text)
 
 
 def main(cfg: TrainConfig) -> dict[str, Any] | None:
@@ -222,9 +224,9 @@ def _run(
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(device)
     per_stage = stage_flops(model, (splits.channels, splits.height, splits.width))
-    spec = InputSpec(splits.mean, splits.std, channels_last=device.type == "cuda")
-    if spec.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    # NHWC is faster for these convolutions on CPU (about 20% here) and on GPU.
+    spec = InputSpec(splits.mean, splits.std, channels_last=True)
+    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     run = _Run(cfg, splits, model, spec, device, per_stage)
     steps = math.ceil(math.ceil(len(splits.train) / info.world_size) / cfg.batch_size)
     optimizer, scheduler = make_optimizer(model, cfg, steps)
@@ -260,7 +262,8 @@ def _run(
         )
         if info.is_main:
             record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], **record}
-            record |= _validate(run)
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                record |= _validate(run)
             save_checkpoint(ckpt_path, model, optimizer, scheduler, epoch + 1, cfg, extra)
             with (cfg.out / HISTORY_FILE).open("a") as f:
                 f.write(json.dumps(record) + "\n")
