@@ -17,7 +17,7 @@ from torch import nn
 
 from model_export.calibration import calibrate
 from training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint, unwrap
-from training.config import OptimConfig, TrainConfig, to_dict
+from training.config import TrainConfig, to_dict
 from training.data import DataSplits, ImageDataset, build_splits
 from training.distributed import (
     DistInfo,
@@ -32,6 +32,7 @@ from training.evaluate import final_metrics, plot_per_class
 from training.flops import cumulative_flops_ratio, stage_flops
 from training.losses import MultiExitLoss
 from training.models import MultiExitNet, build_model
+from training.optim import make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -48,39 +49,6 @@ def resolve_config(cfg: TrainConfig, splits: DataSplits) -> TrainConfig:
         cfg.model, num_classes=splits.num_classes, in_channels=splits.channels
     )
     return dataclasses.replace(cfg, model=model)
-
-
-def lr_factor(step: int, steps_per_epoch: int, epochs: int, opt: OptimConfig) -> float:
-    """Linear warm-up over warmup_epochs, then cosine to 0 or step decay; per optimizer step.
-
-    The warm-up never takes the whole run: at most epochs - 1 epochs.
-    """
-    warm = min(opt.warmup_epochs, epochs - 1) * steps_per_epoch
-    if step < warm:
-        return (step + 1) / warm
-    if opt.schedule == "cosine":
-        total = max(1, epochs * steps_per_epoch - warm)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / total)))
-    milestones = opt.milestones or (round(0.6 * epochs), round(0.8 * epochs))
-    epoch = step // steps_per_epoch
-    return float(opt.gamma ** sum(epoch >= m for m in milestones))
-
-
-def make_optimizer(
-    model: nn.Module, cfg: TrainConfig, steps_per_epoch: int
-) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
-    o = cfg.optim
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=o.lr,
-        momentum=o.momentum,
-        nesterov=o.nesterov,
-        weight_decay=o.weight_decay,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, steps_per_epoch, cfg.epochs, o)
-    )
-    return optimizer, scheduler
 
 
 def _setup_threads(cfg: TrainConfig, device: torch.device) -> None:
@@ -212,6 +180,42 @@ def train(cfg: TrainConfig) -> tuple[MultiExitNet, dict[str, Any] | None]:
         cleanup(info)
 
 
+def _train_epoch(
+    run: _Run,
+    ddp: nn.Module,
+    loss_fn: MultiExitLoss,
+    opt: tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler],
+    *,
+    epoch: int,
+    info: DistInfo,
+) -> dict[str, Any]:
+    cfg = run.cfg
+    loader = batches(
+        run.splits.train,
+        cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        epoch=epoch,
+        info=info,
+        workers=cfg.workers,
+    )
+    return train_one_epoch(
+        ddp,
+        loss_fn,
+        opt[0],
+        opt[1],
+        loader,
+        spec=run.spec,
+        aug=cfg.augment,
+        # Per epoch and rank, so a resumed run augments exactly as an uninterrupted one.
+        generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 101 + info.rank),
+        device=run.device,
+        info=info,
+        progress=cfg.progress,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+    )
+
+
 def _run(
     cfg: TrainConfig, device: torch.device, info: DistInfo
 ) -> tuple[MultiExitNet, dict[str, Any] | None]:
@@ -236,30 +240,7 @@ def _run(
     extra = {"data_info": _data_info(splits), "stage_flops": [list(s) for s in per_stage]}
     for epoch in range(start, cfg.epochs):
         loss_fn.set_epoch(epoch)
-        loader = batches(
-            splits.train,
-            cfg.batch_size,
-            shuffle=True,
-            seed=cfg.seed,
-            epoch=epoch,
-            info=info,
-            workers=cfg.workers,
-        )
-        record = train_one_epoch(
-            ddp,
-            loss_fn,
-            optimizer,
-            scheduler,
-            loader,
-            spec=spec,
-            aug=cfg.augment,
-            # Per epoch and rank, so a resumed run augments exactly as an uninterrupted one.
-            generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 101 + info.rank),
-            device=device,
-            info=info,
-            progress=cfg.progress,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-        )
+        record = _train_epoch(run, ddp, loss_fn, (optimizer, scheduler), epoch=epoch, info=info)
         if info.is_main:
             record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], **record}
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
