@@ -1,0 +1,295 @@
+"""Serving benchmark over HTTP: this server with and without exits against two baselines.
+
+Load generator: wrk (its own process, C, one connection per thread; its CPU use is reported)
+posting real Fashion-MNIST test images in a closed loop at each concurrency; every answer's
+class_index is checked against the image's label by the Lua script. Targets, each server alone
+(start, wait until ready, warm up, measure, stop), one uvicorn worker each:
+
+  (a) elf-exits  elf-serve, raw image/* body to /v1/classify (early exits at the manifest's
+                 thresholds)
+  (b) elf-final  the same server process, /v1/classify?exit=final (every stage, no early exit)
+  (c) litserve   LitServe serving full.onnx with its batching (multipart body)
+  (d) fastapi    a plain FastAPI `def` endpoint running full.onnx per request (raw body)
+
+Models: the bundled model (default models/fashion-mnist-lt; `--stand-in` builds a resnet32
+stand-in when it is missing) and the resnet50-style network at 224 px (bench.heavy_model).
+
+    python -m bench.http            # the real run (~7 min): bench/results/serving.{md,json,png}
+    python -m bench.http --quick    # a smoke test (~1.5 min) into runs/bench-quick/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import machine
+from bench.http_report import write_report
+from bench.images import ImageSet, load_image_set, write_image_set
+from bench.servers import RunningServer, ServerSpec, python_module, running
+from bench.wrk_run import WrkResult, run_wrk, write_list
+
+log = logging.getLogger("bench.http")
+
+TARGETS = ("elf-exits", "elf-final", "litserve", "fastapi")
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    key: str  # "bundled" or "heavy"
+    model_dir: Path
+    images: ImageSet
+    duration_s: float
+
+
+def elf_spec(model_dir: Path) -> ServerSpec:
+    elf_serve = Path(sys.executable).parent / "elf-serve"
+    env = {"ELF_PROVIDERS": "cpu", "ELF_LOG_LEVEL": "warning", "ELF_WORKERS": "1"}
+    return ServerSpec(
+        "elf", [str(elf_serve), "--model-dir", str(model_dir)], "/v2/health/ready", env
+    )
+
+
+def baseline_spec(name: str, model_dir: Path) -> ServerSpec:
+    module = f"bench.baselines.{name}_app"
+    return ServerSpec(name, python_module(module, "--model-dir", str(model_dir)), "/health", {})
+
+
+# target -> (server, path, body format)
+ROUTES: dict[str, tuple[str, str, str]] = {
+    "elf-exits": ("elf", "/v1/classify", "raw"),
+    "elf-final": ("elf", "/v1/classify?exit=final", "raw"),
+    "litserve": ("litserve", "/predict", "multipart"),
+    "fastapi": ("fastapi", "/predict", "raw"),
+}
+
+_EXITS = re.compile(r'^elf_exits_total\{[^}]*exit="(\d+)"[^}]*\}\s+([0-9.e+]+)', re.M)
+_FLOPS = re.compile(r"^elf_flops_(executed|full)_total\{[^}]*\}\s+([0-9.e+]+)", re.M)
+
+
+def elf_counters(server: RunningServer) -> dict[str, float]:
+    """exit_<k> and flops_executed / flops_full counters from /metrics."""
+    _, body = server.get("/metrics")
+    text = body.decode()
+    out = {f"exit_{k}": float(v) for k, v in _EXITS.findall(text)}
+    out |= {f"flops_{k}": float(v) for k, v in _FLOPS.findall(text)}
+    return out
+
+
+def measure(
+    server: RunningServer, target: str, case: ModelCase, image_list: Path, concurrency: int
+) -> dict[str, Any]:
+    _, path, body = ROUTES[target]
+    before_cpu = server.cpu_seconds()
+    before = elf_counters(server) if server.spec.name == "elf" else {}
+    r = run_wrk(server.url + path, image_list, body, concurrency, case.duration_s)
+    cpu = server.cpu_seconds() - before_cpu
+    row = record(case, target, r, cpu)
+    if before:
+        after = elf_counters(server)
+        delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+        images = sum(v for k, v in delta.items() if k.startswith("exit_"))
+        if images:
+            row["exit_rates"] = [
+                delta.get(f"exit_{k}", 0.0) / images for k in range(len(_exit_keys(delta)))
+            ]
+            row["flops_saved"] = 1 - delta["flops_executed"] / delta["flops_full"]
+    log.info(
+        "%-8s %-9s c=%-3d %8.1f req/s  p50 %7.2f ms  p99 %7.2f ms  acc %s  wrk %.3f cores",
+        case.key,
+        target,
+        concurrency,
+        r.throughput,
+        r.latency_ms["p50"],
+        r.latency_ms["p99"],
+        "-" if r.accuracy is None else f"{100 * r.accuracy:.2f}%",
+        r.wrk_cores,
+    )
+    return row
+
+
+def _exit_keys(delta: dict[str, float]) -> list[str]:
+    return [k for k in delta if k.startswith("exit_")]
+
+
+def record(case: ModelCase, target: str, r: WrkResult, server_cpu_s: float) -> dict[str, Any]:
+    return {
+        "model": case.key,
+        "target": target,
+        "concurrency": r.concurrency,
+        "requests": r.requests,
+        "duration_s": round(r.duration_s, 3),
+        "throughput_rps": round(r.throughput, 2),
+        "latency_ms": {k: round(v, 3) for k, v in r.latency_ms.items()},
+        "accuracy": None if r.accuracy is None else round(r.accuracy, 5),
+        "checked": r.checked,
+        "non200": r.non200,
+        "socket_errors": r.errors,
+        "wrk_cpu_cores": round(r.wrk_cores, 4),
+        "server_cpu_cores": round(server_cpu_s / r.duration_s, 3),
+        "server_cpu_ms_per_request": round(1e3 * server_cpu_s / max(r.requests, 1), 4),
+    }
+
+
+def run_server(
+    case: ModelCase,
+    *,
+    server_name: str,
+    targets: list[str],
+    concurrencies: list[int],
+    args: argparse.Namespace,
+    image_list: Path,
+) -> list[dict[str, Any]]:
+    spec = (
+        elf_spec(case.model_dir)
+        if server_name == "elf"
+        else baseline_spec(server_name, case.model_dir)
+    )
+    rows = []
+    with running(spec, args.log_dir, args.ready_timeout) as server:
+        for target in targets:  # warm-up: the code paths, ORT's arenas, the batch shapes
+            _, path, body = ROUTES[target]
+            run_wrk(server.url + path, image_list, body, max(concurrencies), args.warmup)
+        # Interleave the targets of one server (a and b) at each concurrency, so drift in the
+        # machine's load hits them alike.
+        for c in concurrencies:
+            for target in targets:
+                rows.append(measure(server, target, case, image_list, c))
+    return rows
+
+
+def run_case(case: ModelCase, args: argparse.Namespace) -> list[dict[str, Any]]:
+    args.log_dir.mkdir(parents=True, exist_ok=True)
+    image_list = write_list(case.images, args.log_dir / f"{case.key}-images.tsv")
+    rows: list[dict[str, Any]] = []
+    for server_name in ("elf", "fastapi", "litserve"):
+        targets = [t for t in args.targets if ROUTES[t][0] == server_name]
+        if targets:
+            rows += run_server(
+                case,
+                server_name=server_name,
+                targets=targets,
+                concurrencies=args.concurrency,
+                args=args,
+                image_list=image_list,
+            )
+    return rows
+
+
+def model_cases(args: argparse.Namespace) -> list[ModelCase]:
+    from bench import heavy_model  # noqa: PLC0415  (imports torch; only here)
+
+    n_small, n_heavy = (64, 16) if args.quick else (1000, 256)
+    cases = []
+    if "bundled" in args.models:
+        bundled = args.model_dir
+        if not (bundled / "manifest.json").is_file():
+            if not args.stand_in:
+                sys.exit(f"{bundled}: no model there (run `make model`, or pass --stand-in)")
+            bundled = heavy_model.ensure(heavy_model.stand_in_config())
+        images = (
+            load_image_set(args.images)
+            if args.images
+            else write_image_set(args.image_root / f"fmnist-test-28-png-{n_small}", count=n_small)
+        )
+        cases.append(ModelCase("bundled", bundled, images, args.duration))
+    if "heavy" in args.models:
+        heavy = heavy_model.ensure(heavy_model.heavy_config(args.heavy_model_dir))
+        images = write_image_set(
+            args.image_root / f"fmnist-test-224-jpg-{n_heavy}",
+            count=n_heavy,
+            size=224,
+            channels=3,
+            fmt="JPEG",
+        )
+        cases.append(ModelCase("heavy", heavy, images, args.heavy_duration))
+    return cases
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="2 s per point, c=1,8: a smoke test")
+    p.add_argument(
+        "--models", nargs="+", default=["bundled", "heavy"], choices=["bundled", "heavy"]
+    )
+    p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
+    p.add_argument("--concurrency", type=int, nargs="+", default=None, help="default 1 8 32 64")
+    p.add_argument("--duration", type=float, default=None, help="s per point, bundled (8)")
+    p.add_argument("--heavy-duration", type=float, default=None, help="s per point, heavy (10)")
+    p.add_argument("--warmup", type=float, default=None, help="s of load before measuring (3)")
+    p.add_argument("--model-dir", type=Path, default=Path("models/fashion-mnist-lt"))
+    p.add_argument(
+        "--stand-in", action="store_true", help="resnet32 stand-in if model-dir lacks one"
+    )
+    p.add_argument("--heavy-model-dir", type=Path, default=Path("runs/bench-models/resnet50-224"))
+    p.add_argument("--images", type=Path, default=None, help="dir with labels.tsv (bundled model)")
+    p.add_argument("--image-root", type=Path, default=Path("runs/bench-images"))
+    p.add_argument("--out", type=Path, default=None, help="default bench/results (quick: runs/)")
+    p.add_argument("--log-dir", type=Path, default=Path("runs/bench-http-logs"))
+    p.add_argument("--ready-timeout", type=float, default=300.0)
+    args = p.parse_args(argv)
+    q = args.quick
+    args.concurrency = args.concurrency or ([1, 8] if q else [1, 8, 32, 64])
+    args.duration = args.duration or (2.0 if q else 8.0)
+    args.heavy_duration = args.heavy_duration or (2.0 if q else 10.0)
+    args.warmup = args.warmup or (1.0 if q else 3.0)
+    args.out = args.out or (Path("runs/bench-quick") if q else Path("bench/results"))
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    facts = machine.facts()
+    t0 = time.monotonic()
+    cases = model_cases(args)
+    rows: list[dict[str, Any]] = []
+    for case in cases:
+        rows += run_case(case, args)
+    facts["load_average_end_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
+    result = {
+        "command": machine.command_line(),
+        "machine": facts,
+        "wall_s": round(time.monotonic() - t0, 1),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "models": {c.key: model_info(c) for c in cases},
+        "rows": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serving.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_report(result, args.out)
+    log.info("wrote %s/serving.{json,md,png} in %.0f s", args.out, result["wall_s"])
+
+
+def model_info(case: ModelCase) -> dict[str, Any]:
+    m = json.loads((case.model_dir / "manifest.json").read_text(encoding="utf-8"))
+    full = m["flops_full"]
+    cal = m.get("calibration") or {}
+    return {
+        "dir": str(case.model_dir),
+        "name": m["name"],
+        "architecture": m["provenance"]["architecture"],
+        "method": m["provenance"]["method"],
+        "input": [m["preprocessing"][k] for k in ("channels", "height", "width")],
+        "flops_full": full,
+        "thresholds": [e["threshold"] for e in m["exits"]],
+        "cumulative_flops_ratio": [round(e["cumulative_flops"] / full, 4) for e in m["exits"]],
+        "calibration_chosen": cal.get("chosen"),
+        "images": len(case.images),
+        "image_dir": str(case.images.directory),
+        "duration_s": case.duration_s,
+    }
+
+
+if __name__ == "__main__":
+    main()

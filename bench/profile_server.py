@@ -1,0 +1,205 @@
+"""Where a request's time goes on the server's event-loop thread: cProfile under wrk load.
+
+Runs the app in this process under uvicorn (the same loop and HTTP implementation elf-serve gets:
+uvloop + httptools when installed), drives it with wrk from a helper thread, and profiles the
+event-loop thread only while the measured load runs. Self time is grouped by package, so the
+proportions say what a request costs besides the model; absolute numbers carry cProfile's own
+overhead (every Python call is slowed, C code is not), so compare proportions, not milliseconds.
+The batcher thread (ONNX Runtime) and FastAPI's thread pool are not profiled.
+
+    python -m bench.profile_server --target elf --model-dir models/fashion-mnist-lt
+    python -m bench.profile_server --target fastapi --model-dir models/fashion-mnist-lt
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import logging
+import pstats
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from bench.images import write_image_set
+from bench.servers import free_port
+from bench.wrk_run import WrkResult, run_wrk, write_list
+
+log = logging.getLogger("bench.profile_server")
+
+# (substring of the file path, group), first match wins; C builtins are grouped by name.
+GROUPS = (
+    ("/uvicorn/", "uvicorn (HTTP protocol, ASGI glue)"),
+    ("/httptools/", "uvicorn (HTTP protocol, ASGI glue)"),
+    ("/fastapi/", "fastapi (routing, dependencies, parameter validation)"),
+    ("/starlette/", "starlette (routing, Request, Response, middleware stack)"),
+    ("/pydantic", "pydantic (validation, serialisation)"),
+    ("/prometheus_client/", "metrics (prometheus_client)"),
+    ("server/metrics", "metrics (prometheus_client)"),
+    ("server/api/middleware", "server middleware (metrics, body limit)"),
+    ("server/preprocess", "image decode (server.preprocess + Pillow + numpy)"),
+    ("/PIL/", "image decode (server.preprocess + Pillow + numpy)"),
+    ("/numpy/", "numpy"),
+    ("server/batching", "batcher hand-off (submit, futures, resolve)"),
+    ("server/", "server handlers (api, service, models)"),
+    ("bench/baselines", "baseline handler"),
+    ("/anyio/", "thread-pool hand-off (anyio)"),
+    ("/asyncio/", "asyncio (loop, futures, tasks, timeouts)"),
+    ("/json/", "json"),
+)
+
+
+def group_of(path: str, name: str) -> str:
+    for key, group in GROUPS:
+        if key in path:
+            return group
+    if path == "~":  # a C function: {method 'x' of 'y' objects} or <built-in ...>
+        if "PIL" in name or "ImagingCore" in name or "decode" in name:
+            return "image decode (server.preprocess + Pillow + numpy)"
+        if "numpy" in name or "ndarray" in name:
+            return "numpy"
+        if "uvloop" in name or "httptools" in name or "transport" in name.lower():
+            return "uvicorn (HTTP protocol, ASGI glue)"
+        return "C builtins (other)"
+    return "other Python"
+
+
+def grouped(prof: cProfile.Profile) -> dict[str, float]:
+    stats = pstats.Stats(prof)
+    totals: dict[str, float] = {}
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    for (path, _line, name), (_cc, _nc, tottime, _ct, _callers) in raw.items():
+        g = group_of(path, name)
+        totals[g] = totals.get(g, 0.0) + tottime
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+def make_app(target: str, model_dir: Path) -> Any:
+    if target == "elf":
+        from server.app import create_app  # noqa: PLC0415
+        from server.settings import Settings  # noqa: PLC0415
+
+        return create_app(Settings(model_dir=model_dir, providers="cpu", log_level="warning"))
+    from bench.baselines.fastapi_app import create_app as baseline  # noqa: PLC0415
+
+    return baseline(model_dir)
+
+
+def drive(
+    server: uvicorn.Server, prof: cProfile.Profile, args: argparse.Namespace, box: dict[str, Any]
+) -> None:
+    """Helper thread: wait until ready, warm up, profile the loop thread during the load."""
+    try:
+        url = f"http://127.0.0.1:{args.port}"
+        ready = "/v2/health/ready" if args.target == "elf" else "/health"
+        deadline = time.monotonic() + 300
+        while not server.started or _status(url + ready) != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError("server not ready")
+            time.sleep(0.2)
+        path = "/v1/classify" if args.target == "elf" else "/predict"
+        images = write_image_set(args.image_root / "fmnist-test-28-png-1000", count=1000)
+        lst = write_list(images, Path("/tmp") / f"profile-{args.port}.tsv")
+        run_wrk(url + path, lst, "raw", args.concurrency, 2)
+        loop: asyncio.AbstractEventLoop = box["loop"]
+        loop.call_soon_threadsafe(prof.enable)
+        box["wrk"] = run_wrk(url + path, lst, "raw", args.concurrency, args.duration)
+        done = threading.Event()
+
+        def stop() -> None:  # on the loop thread, whose profile this is
+            prof.disable()
+            done.set()
+
+        loop.call_soon_threadsafe(stop)
+        done.wait(10)
+    except BaseException as exc:
+        box["error"] = exc
+    finally:
+        server.should_exit = True
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return int(r.status)
+    except OSError:
+        return 0
+
+
+def report(target: str, prof: cProfile.Profile, wrk: WrkResult, top: int, clock: str) -> str:
+    groups = grouped(prof)
+    total = sum(groups.values())
+    per_req = 1e3 * total / max(wrk.requests, 1)
+    lines = [
+        f"target {target}: {wrk.requests} requests in {wrk.duration_s:.1f} s at concurrency "
+        f"{wrk.concurrency} ({wrk.throughput:.0f} req/s under the profiler)",
+        f"event-loop thread, profiled self time ({clock} clock): {per_req:.3f} ms per request"
+        " (inflated by cProfile; use the shares)",
+        "",
+        "share  ms/req  group",
+    ]
+    for g, t in groups.items():
+        lines.append(f"{100 * t / total:5.1f}% {1e3 * t / max(wrk.requests, 1):7.3f}  {g}")
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+    return "\n".join(lines) + "\n\nTop functions by self time:\n" + buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--target", choices=["elf", "fastapi"], default="elf")
+    p.add_argument("--model-dir", type=Path, default=Path("models/fashion-mnist-lt"))
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--duration", type=float, default=8.0)
+    p.add_argument("--top", type=int, default=40)
+    p.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default="cpu",
+        help="cpu: the loop thread's CPU time (waits for the GIL or a core excluded); wall",
+    )
+    p.add_argument("--image-root", type=Path, default=Path("runs/bench-images"))
+    p.add_argument("--out", type=Path, default=Path("runs/bench-profile"))
+    args = p.parse_args(argv)
+    args.port = free_port()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    config = uvicorn.Config(
+        make_app(args.target, args.model_dir),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    prof = cProfile.Profile(time.thread_time) if args.clock == "cpu" else cProfile.Profile()
+    box: dict[str, Any] = {}
+
+    async def serve() -> None:
+        box["loop"] = asyncio.get_running_loop()
+        threading.Thread(target=drive, args=(server, prof, args, box), daemon=True).start()
+        await server.serve()
+
+    factory = config.get_loop_factory()  # uvloop when installed, as elf-serve gets it
+    loop = factory() if factory is not None else asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(serve())
+    finally:
+        loop.close()
+    if "error" in box:
+        raise box["error"]
+    text = report(args.target, prof, box["wrk"], args.top, args.clock)
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"profile-{args.target}.txt"
+    out.write_text(text, encoding="utf-8")
+    print("\n".join(text.splitlines()[:24]))
+    print(f"... full report: {out}")
+
+
+if __name__ == "__main__":
+    main()
