@@ -105,7 +105,6 @@ class _Stub(BaseHTTPRequestHandler):
 @pytest.fixture
 def stub_url() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
-    server.protocol_version = "HTTP/1.1"
     _Stub.protocol_version = "HTTP/1.1"  # keep-alive, as wrk expects
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
