@@ -50,9 +50,10 @@ class ModelCase:
     duration_s: float
 
 
-def elf_spec(model_dir: Path) -> ServerSpec:
+def elf_spec(model_dir: Path, extra_env: list[str]) -> ServerSpec:
     elf_serve = Path(sys.executable).parent / "elf-serve"
     env = {"ELF_PROVIDERS": "cpu", "ELF_LOG_LEVEL": "warning", "ELF_WORKERS": "1"}
+    env |= dict(item.split("=", 1) for item in extra_env)
     return ServerSpec(
         "elf", [str(elf_serve), "--model-dir", str(model_dir)], "/v2/health/ready", env
     )
@@ -92,6 +93,7 @@ def measure(
     before = elf_counters(server) if server.spec.name == "elf" else {}
     r = run_wrk(server.url + path, image_list, body, concurrency, case.duration_s)
     cpu = server.cpu_seconds() - before_cpu
+    settle(r)
     row = record(case, target, r, cpu)
     if before:
         after = elf_counters(server)
@@ -114,6 +116,12 @@ def measure(
         r.wrk_cores,
     )
     return row
+
+
+def settle(r: WrkResult) -> None:
+    """wrk stops with `concurrency` requests in flight that the server still computes; let it
+    finish them (about one latency) before the next measurement starts."""
+    time.sleep(min(10.0, 0.2 + 1.2 * r.latency_ms["p99"] / 1e3))
 
 
 def _exit_keys(delta: dict[str, float]) -> list[str]:
@@ -149,7 +157,7 @@ def run_server(
     image_list: Path,
 ) -> list[dict[str, Any]]:
     spec = (
-        elf_spec(case.model_dir)
+        elf_spec(case.model_dir, args.elf_env)
         if server_name == "elf"
         else baseline_spec(server_name, case.model_dir)
     )
@@ -157,7 +165,7 @@ def run_server(
     with running(spec, args.log_dir, args.ready_timeout) as server:
         for target in targets:  # warm-up: the code paths, ORT's arenas, the batch shapes
             _, path, body = ROUTES[target]
-            run_wrk(server.url + path, image_list, body, max(concurrencies), args.warmup)
+            settle(run_wrk(server.url + path, image_list, body, max(concurrencies), args.warmup))
         # Interleave the targets of one server (a and b) at each concurrency, so drift in the
         # machine's load hits them alike.
         for c in concurrencies:
@@ -237,6 +245,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="default bench/results (quick: runs/)")
     p.add_argument("--log-dir", type=Path, default=Path("runs/bench-http-logs"))
     p.add_argument("--ready-timeout", type=float, default=300.0)
+    p.add_argument(
+        "--elf-env",
+        nargs="+",
+        default=[],
+        metavar="ELF_X=V",
+        help="extra elf-serve settings (default: its own), e.g. ELF_MAX_QUEUE_DELAY_MS=0",
+    )
     args = p.parse_args(argv)
     q = args.quick
     args.concurrency = args.concurrency or ([1, 8] if q else [1, 8, 32, 64])

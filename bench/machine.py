@@ -81,8 +81,16 @@ def _module_argv() -> list[str]:
 
 def markdown(f: dict[str, Any]) -> str:
     pk = ", ".join(f"{k} {v}" for k, v in f["packages"].items())
+    busy = f["load_average_1_5_15"][0] > 0.25 * f["nproc"]
+    warning = (
+        ["- **WARNING: the machine was busy at the start (load average above); timings are "
+         "not comparable with an idle machine's.**"]
+        if busy
+        else []
+    )  # fmt: skip
     return "\n".join(
         [
+            *warning,
             f"- Machine: {f['nproc']} CPUs ({f['cpu_model']}), {f['memory_gib']} GiB, "
             f"Linux {f['kernel']}, Python {f['python']}",
             f"- Load average at start (1/5/15 min): {f['load_average_1_5_15']} "

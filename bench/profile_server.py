@@ -22,8 +22,9 @@ import pstats
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 
@@ -32,6 +33,7 @@ from bench.servers import free_port
 from bench.wrk_run import WrkResult, run_wrk, write_list
 
 log = logging.getLogger("bench.profile_server")
+T = TypeVar("T")
 
 # (substring of the file path, group), first match wins; C builtins are grouped by name.
 GROUPS = (
@@ -143,20 +145,44 @@ def drive(
         lst = write_list(images, Path("/tmp") / f"profile-{args.port}.tsv")
         run_wrk(url + path, lst, "raw", args.concurrency, 2)
         loop: asyncio.AbstractEventLoop = box["loop"]
-        loop.call_soon_threadsafe(prof.enable)
+        # Without the profiler: CPU of the loop thread and of the whole process per request.
+        loop0, proc0 = on_loop(loop, time.thread_time), time.process_time()
+        box["plain"] = run_wrk(url + path, lst, "raw", args.concurrency, args.duration)
+        box["cpu"] = (on_loop(loop, time.thread_time) - loop0, time.process_time() - proc0)
+        on_loop(loop, prof.enable)  # the loop thread's profile
         box["wrk"] = run_wrk(url + path, lst, "raw", args.concurrency, args.duration)
-        done = threading.Event()
-
-        def stop() -> None:  # on the loop thread, whose profile this is
-            prof.disable()
-            done.set()
-
-        loop.call_soon_threadsafe(stop)
-        done.wait(10)
+        on_loop(loop, prof.disable)
     except BaseException as exc:
         box["error"] = exc
     finally:
         server.should_exit = True
+
+
+def on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], T]) -> T:
+    """Call fn on the loop's thread and return its value."""
+    box: list[T] = []
+    done = threading.Event()
+
+    def call() -> None:
+        box.append(fn())
+        done.set()
+
+    loop.call_soon_threadsafe(call)
+    if not done.wait(30):
+        raise TimeoutError("event loop did not answer")
+    return box[0]
+
+
+def cpu_lines(plain: WrkResult, loop_s: float, process_s: float) -> list[str]:
+    n = max(plain.requests, 1)
+    return [
+        f"without the profiler: {plain.throughput:.0f} req/s at concurrency {plain.concurrency}; "
+        f"CPU per request: event-loop thread {1e3 * loop_s / n:.3f} ms, whole process "
+        f"{1e3 * process_s / n:.3f} ms, other threads (batcher/ORT or thread pool/ORT) "
+        f"{1e3 * (process_s - loop_s) / n:.3f} ms",
+        f"-> the loop thread alone caps throughput at about {n / max(loop_s, 1e-9):.0f} req/s",
+        "",
+    ]
 
 
 def _status(url: str) -> int:
@@ -230,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
         loop.close()
     if "error" in box:
         raise box["error"]
-    text = report(args.target, prof, box["wrk"], args.top, args.clock)
+    text = "\n".join(cpu_lines(box["plain"], *box["cpu"])) + "\n"
+    text += report(args.target, prof, box["wrk"], args.top, args.clock)
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"profile-{args.target}.txt"
     out.write_text(text, encoding="utf-8")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import machine
+from bench.http_report import HEAVY_NOTE
 
 GOAL_BATCH = 32
 GOAL = 0.9  # realised saving >= 90% of the FLOPs saving at batch 32
@@ -69,6 +70,8 @@ def write_runner_report(result: dict[str, Any], path: Path) -> None:
         "2 ms delay) fed every image at once, merging survivors across batches. `ideal` = full "
         "x FLOPs ratio of the exit mix measured here; `saving / FLOPs saving` = (1 - time/full) "
         "/ (1 - FLOPs ratio).",
+        "",
+        HEAVY_NOTE,
         "",
     ]
     for m in result["models"]:
