@@ -27,13 +27,14 @@ import os
 import re
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import machine
 from bench.http_report import write_report
-from bench.images import ImageSet, load_image_set, write_image_set
+from bench.images import ImageSet, content_type, load_image_set, write_image_set
 from bench.servers import RunningServer, ServerSpec, python_module, running
 from bench.wrk_run import WrkResult, run_wrk, write_list
 
@@ -86,14 +87,20 @@ def elf_counters(server: RunningServer) -> dict[str, float]:
 
 
 def measure(
-    server: RunningServer, target: str, case: ModelCase, image_list: Path, concurrency: int
+    server: RunningServer,
+    *,
+    target: str,
+    case: ModelCase,
+    image_list: Path,
+    concurrency: int,
+    probe: Prober,
 ) -> dict[str, Any]:
     _, path, body = ROUTES[target]
     before_cpu = server.cpu_seconds()
     before = elf_counters(server) if server.spec.name == "elf" else {}
     r = run_wrk(server.url + path, image_list, body, concurrency, case.duration_s)
     cpu = server.cpu_seconds() - before_cpu
-    settle(r)
+    probe.drain()
     row = record(case, target, r, cpu)
     if before:
         after = elf_counters(server)
@@ -118,10 +125,57 @@ def measure(
     return row
 
 
-def settle(r: WrkResult) -> None:
-    """wrk stops with `concurrency` requests in flight that the server still computes; let it
-    finish them (about one latency) before the next measurement starts."""
-    time.sleep(min(10.0, 0.2 + 1.2 * r.latency_ms["p99"] / 1e3))
+@dataclass
+class Prober:
+    """wrk stops with `concurrency` requests in flight that the server still computes (a
+    heavy model at c=64: seconds of work). Before the next measurement, single requests probe
+    the server until one is answered about as fast as on the idle server."""
+
+    server: RunningServer
+    path: str
+    body: bytes
+    content_type: str
+    idle_s: float = 0.0
+
+    def once(self) -> float:
+        req = urllib.request.Request(
+            self.server.url + self.path,
+            data=self.body,
+            headers={"Content-Type": self.content_type},
+            method="POST",
+        )
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=300) as r:
+            r.read()
+        return time.perf_counter() - t0
+
+    def calibrate(self) -> None:
+        self.idle_s = min(self.once() for _ in range(5))
+
+    def drain(self, limit_s: float = 180.0) -> None:
+        deadline = time.monotonic() + limit_s
+        while self.once() > max(3 * self.idle_s, self.idle_s + 0.02):
+            if time.monotonic() > deadline:
+                log.warning(
+                    "%s still slow after %.0f s of draining", self.server.spec.name, limit_s
+                )
+                return
+            time.sleep(0.05)
+
+
+def prober(server: RunningServer, target: str, images: ImageSet) -> Prober:
+    _, path, body = ROUTES[target]
+    data, ctype = images.paths()[0].read_bytes(), content_type(images.files[0])
+    if body == "multipart":
+        boundary = "elfbenchprobe"
+        data = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n'
+            f"Content-Type: {ctype}\r\n\r\n".encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        ctype = f"multipart/form-data; boundary={boundary}"
+    return Prober(server, path, data, ctype)
 
 
 def _exit_keys(delta: dict[str, float]) -> list[str]:
@@ -163,14 +217,26 @@ def run_server(
     )
     rows = []
     with running(spec, args.log_dir, args.ready_timeout) as server:
+        probes = {t: prober(server, t, case.images) for t in targets}
         for target in targets:  # warm-up: the code paths, ORT's arenas, the batch shapes
+            probes[target].calibrate()
             _, path, body = ROUTES[target]
-            settle(run_wrk(server.url + path, image_list, body, max(concurrencies), args.warmup))
+            run_wrk(server.url + path, image_list, body, max(concurrencies), args.warmup)
+            probes[target].drain()
         # Interleave the targets of one server (a and b) at each concurrency, so drift in the
         # machine's load hits them alike.
         for c in concurrencies:
             for target in targets:
-                rows.append(measure(server, target, case, image_list, c))
+                rows.append(
+                    measure(
+                        server,
+                        target=target,
+                        case=case,
+                        image_list=image_list,
+                        concurrency=c,
+                        probe=probes[target],
+                    )
+                )
     return rows
 
 

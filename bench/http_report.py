@@ -67,11 +67,11 @@ def ratios(model: str, rows: Sequence[dict[str, Any]]) -> list[str]:
     for t in present:
         cells = [
             f"{by[('elf-exits', c)] / by[(t, c)]:.2f}x"
-            if (t, c) in by and ("elf-exits", c) in by
+            if by.get((t, c)) and ("elf-exits", c) in by
             else "-"
             for c in concs
         ]
-        best = best_a / max(v for k, v in by.items() if k[0] == t)
+        best = best_a / max(1e-9, *(v for k, v in by.items() if k[0] == t))
         mark = f" (goal {goal}x: {'met' if best >= goal else 'NOT met'})" if t in against else ""
         out.append(f"| {LABELS[t]} | " + " | ".join(cells) + f" | {best:.2f}x{mark} |")
     return out

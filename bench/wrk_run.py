@@ -68,6 +68,7 @@ def run_wrk(
         "--",
         str(image_list),
         body,
+        str(concurrency),
     ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -1,9 +1,12 @@
 -- wrk script: POST real images in turn, count answers whose class_index matches the label.
 --
---   wrk -t C -c C -d 10s --timeout 30s --latency -s bench/wrk/post_images.lua URL -- LIST MODE
+--   wrk -t C -c C -d 10s --timeout 30s --latency -s bench/wrk/post_images.lua URL -- LIST MODE C
 --
 -- LIST: lines "path<TAB>label<TAB>content-type" (written by bench/http.py).
 -- MODE: "raw" (the image is the body, Content-Type image/*) or "multipart" (field "file").
+-- THREADS: the -t value; thread i posts images i, i+THREADS, ... (together: every image), so
+-- each thread loads only its share (wrk initialises threads one after another while the first
+-- ones already send load: a long init would burn CPU inside the measured window).
 -- Run with one connection per thread (-t equal to -c): requests and responses on a connection
 -- alternate, so the label of the last request sent is the one the next response answers.
 -- done() prints one line "WRKJSON {...}" with throughput, latency percentiles (microseconds),
@@ -46,22 +49,28 @@ local function multipart(data, path, ctype)
 end
 
 function init(args)
-   local list, mode = args[1], args[2] or "raw"
+   local list, mode, nthreads = args[1], args[2] or "raw", tonumber(args[3] or "1")
+   local entries = {}
    for line in io.lines(list) do
       local path, label, ctype = line:match("^([^\t]+)\t(%d+)\t([^\t]+)$")
       if path then
-         local body, content_type = read_file(path), ctype
+         table.insert(entries, { path, tonumber(label), ctype })
+      end
+   end
+   assert(#entries > 0, "no images in " .. list)
+   -- Fewer images than threads: thread i takes image i mod #entries.
+   local share = math.min(nthreads, #entries)
+   for n, e in ipairs(entries) do
+      if (n - 1) % share == tid % share then
+         local body, content_type = read_file(e[1]), e[3]
          if mode == "multipart" then
-            body, content_type = multipart(body, path, ctype)
+            body, content_type = multipart(body, e[1], e[3])
          end
          local headers = { ["Content-Type"] = content_type }
          table.insert(requests_, wrk.format("POST", nil, headers, body))
-         table.insert(labels, tonumber(label))
+         table.insert(labels, e[2])
       end
    end
-   assert(#requests_ > 0, "no images in " .. list)
-   -- Threads start at different images, so concurrent requests carry different images.
-   next_i = (tid * 7919) % #requests_ + 1
 end
 
 function request()
