@@ -30,7 +30,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +65,15 @@ class Case:
     y: np.ndarray  # labels [N]
     thresholds: np.ndarray  # float64 [K], the manifest's (the last is 0)
     loop: asyncio.AbstractEventLoop
+    # batch size -> one [K] array per `stages` run: seconds per image spent in each stage graph
+    stage_s: dict[int, list[np.ndarray]] = field(default_factory=dict)
 
 
-def load_case(key: str, model_dir: Path, images: ImageSet, warm_sizes: list[int]) -> Case:
+def load_case(
+    key: str, model_dir: Path, images: ImageSet, warm_sizes: list[int], sizes: list[int]
+) -> Case:
+    """Sessions as the server makes them; stages warmed at warm_sizes (later stages see any
+    size), full.onnx at the measured sizes."""
     manifest = load_manifest(model_dir)
     settings = Settings(model_dir=model_dir, providers="cpu")
     runner = OnnxStageRunner(manifest, load_stage_sessions(manifest, model_dir, settings))
@@ -82,7 +88,7 @@ def load_case(key: str, model_dir: Path, images: ImageSet, warm_sizes: list[int]
     x = np.stack([decode_image(b, pre, settings.max_image_pixels) for b in images.read()])
     t0 = time.perf_counter()
     runner.warm_up(warm_sizes)
-    for b in sorted({*warm_sizes}):
+    for b in sizes:
         full.run(None, {"input": x[:b]})
     log.info("%s: %d images, warmed in %.1f s", key, len(x), time.perf_counter() - t0)
     thresholds = np.asarray(manifest.thresholds, dtype=np.float64)
@@ -104,13 +110,18 @@ def run_full(case: Case, b: int) -> Outcome:
 
 
 def run_stages(case: Case, b: int) -> Outcome:
+    """Every stage on every row; also times each stage graph (its share of the run time)."""
     preds = []
+    spent = np.zeros(case.runner.num_stages)
     for c in chunks(case, b):
         h: ort.OrtValue | None = case.runner.to_device(c)
         for k in range(case.runner.num_stages):
             assert h is not None
+            t0 = time.perf_counter()
             h, logits = case.runner.run(k, h)
+            spent[k] += time.perf_counter() - t0
         preds.append(logits.argmax(1))
+    case.stage_s.setdefault(b, []).append(spent / len(case.x))
     k_last = case.manifest.num_exits - 1
     return np.concatenate(preds), np.full(len(case.x), k_last)
 
@@ -186,8 +197,13 @@ def summarise(
     m = case.manifest
     cum = np.array([e.cumulative_flops for e in m.exits], dtype=np.float64)
     rows = []
+    stage_shares = {}
     for b in sizes:
         t_full = statistics.median(times[("full", b)])
+        # The last repetitions' per-stage times (the warm repetition's are dropped).
+        per_stage = np.median(np.stack(case.stage_s[b][-len(times[("stages", b)]) :]), axis=0)
+        cum_s = np.cumsum(per_stage)
+        stage_shares[b] = [round(float(v), 4) for v in per_stage / per_stage.sum()]
         for v in VARIANTS:
             pred, exits = outcomes[(v, b)]
             t = statistics.median(times[(v, b)])
@@ -202,6 +218,9 @@ def summarise(
                     "time_vs_full": round(t / t_full, 4),
                     "flops_ratio": round(flops_ratio, 4),
                     "ideal_ms_per_image": round(1e3 * t_full * flops_ratio, 4),
+                    # What exits would cost if each stage took its measured time in `stages`:
+                    # a zero-overhead early-exit engine on these stage graphs.
+                    "stage_time_ideal_ms_per_image": round(1e3 * float(cum_s[exits].mean()), 4),
                     "saving_efficiency": efficiency(t / t_full, flops_ratio),
                     "exit_rates": [round(float(np.mean(exits == k)), 4) for k in range(len(cum))],
                     "accuracy": round(float(np.mean(pred == case.y)), 4),
@@ -218,6 +237,14 @@ def summarise(
         "thresholds": [round(t, 6) for t in m.thresholds],
         "cumulative_flops_ratio": [round(c / m.flops_full, 4) for c in cum.tolist()],
         "manifest_flops_ratio": m.calibration.chosen.flops_ratio if m.calibration else None,
+        "stage_flops_share": [
+            round(
+                (s.flops_body + s.flops_exit) / sum(t.flops_body + t.flops_exit for t in m.stages),
+                4,
+            )
+            for s in m.stages
+        ],
+        "stage_time_share": stage_shares,
         "rows": rows,
     }
 
@@ -284,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     for key, model_dir, images, reps in cases(args):
         sizes = sorted(args.batch_sizes)
         warm = sizes if args.quick else list(range(1, max(sizes) + 1))
-        case = load_case(key, model_dir, images, warm)
+        case = load_case(key, model_dir, images, warm, sizes)
         results.append(measure(case, sizes, reps, warm_rep=not args.quick) | {"reps": reps})
         case.loop.close()
     facts["load_average_end_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
