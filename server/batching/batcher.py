@@ -4,12 +4,15 @@ Policy (the "deepest ready stage first" rule). Every stage k has a FIFO queue: s
 images, stage k >= 1 holds *parts* (a features tensor still on the device plus the indices of the
 rows that did not exit). A queue is ready when it holds a full batch (max_batch_size rows), when
 its oldest row has waited max_queue_delay_ms, when nothing shallower is queued that could still
-feed it (k >= 1), or when the batcher is stopping. The worker always runs the deepest ready
-queue, so rows that continue from several batches pile up and are merged into full batches at
-later stages, and work already paid for leaves the system first. After every stage the rows whose
-softmax maximum reaches their own threshold are answered at once (their futures are resolved on
-their event loop) and dropped; the rest go to the next queue. Inference never runs on an event
-loop; ONNX Runtime parallelises inside each run.
+feed it (k >= 1), or when the batcher is stopping. Stage 0 is also ready at once when its rows
+came to an idle worker with every queue empty ("eager"): waiting could not fill that batch, as
+nothing else is in flight, so a lone request never pays the delay. Rows that arrive while the
+worker runs a batch wait as before, so under load batches form behind the running one. The
+worker always runs the deepest ready queue, so rows that continue from several batches pile up
+and are merged into full batches at later stages, and work already paid for leaves the system
+first. After every stage the rows whose softmax maximum reaches their own threshold are answered
+at once (their futures are resolved on their event loop) and dropped; the rest go to the next
+queue. Inference never runs on an event loop; ONNX Runtime parallelises inside each run.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ class Batcher:
         self._queues: list[deque[Any]] = [deque() for _ in range(self.num_stages)]
         self._queued = [0] * self.num_stages  # rows per queue
         self._admitted = 0  # rows accepted and not yet answered
+        self._busy = False  # the worker holds a batch (from _take until it looks for the next)
+        self._eager = False  # queue 0 began with rows that came to an idle, empty batcher
         self._closing = False
         self._thread: threading.Thread | None = None
 
@@ -88,6 +93,8 @@ class Batcher:
                 raise QueueFullError(
                     f"queue full ({self._admitted} images waiting, limit {self.max_queue_size})"
                 )
+            if not self._busy and not any(self._queued):
+                self._eager = True  # nothing to batch with: dispatch without the delay
             self._admitted += len(rows)
             self._queues[0].extend(rows)
             self._queued[0] += len(rows)
@@ -129,6 +136,7 @@ class Batcher:
     def _loop(self) -> None:
         while True:
             with self._cond:
+                self._busy = False
                 k = self._ready_stage(time.perf_counter())
                 while k is None:
                     if self._closing and not any(self._queued):
@@ -136,6 +144,9 @@ class Batcher:
                     self._cond.wait(self._wait_time(time.perf_counter()))
                     k = self._ready_stage(time.perf_counter())
                 rows, parts = self._take(k)
+                self._busy = bool(rows)
+                # An eager burst larger than one batch stays eager until queue 0 is drained.
+                self._eager = self._eager and bool(self._queues[0])
                 self._set_depth()
             if not rows:
                 continue
@@ -152,6 +163,7 @@ class Batcher:
                 continue
             if (
                 self._closing
+                or (k == 0 and self._eager)
                 or self._queued[k] >= self.max_batch_size
                 or now - q[0].enqueued_at >= self.delay
                 or (k > 0 and not any(self._queued[:k]))
@@ -237,12 +249,14 @@ class Batcher:
 
     def _deliver(self, answers: list[tuple[Row, RowResult | BaseException]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        m = self.metrics
+        waited = m.child(m.queue_duration, self.model) if m is not None else None
         for row, value in answers:
             row.answered = True
             if not row.cancelled:
                 by_loop.setdefault(row.loop, []).append((row.future, value))
-            if self.metrics is not None and isinstance(value, RowResult):
-                self.metrics.queue_duration.labels(model=self.model).observe(value.queue_s)
+            if waited is not None and isinstance(value, RowResult):
+                waited.observe(value.queue_s)
         with self._cond:  # before the answers are visible: a client may resubmit at once
             self._admitted -= len(answers)
         for loop, pairs in by_loop.items():
@@ -251,11 +265,13 @@ class Batcher:
                 loop.call_soon_threadsafe(resolve, pairs)
 
     def _set_depth(self) -> None:
-        if self.metrics is not None:
-            self.metrics.queue_depth.labels(model=self.model).set(sum(self._queued))
+        m = self.metrics
+        if m is not None:
+            m.child(m.queue_depth, self.model).set(sum(self._queued))
 
     def _observe(self, k: int, batch: int, seconds: float) -> None:
-        if self.metrics is not None:
+        m = self.metrics
+        if m is not None:
             stage = str(k)
-            self.metrics.stage_duration.labels(model=self.model, stage=stage).observe(seconds)
-            self.metrics.batch_size.labels(model=self.model, stage=stage).observe(batch)
+            m.child(m.stage_duration, self.model, stage).observe(seconds)
+            m.child(m.batch_size, self.model, stage).observe(batch)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
+from server.batching.rows import StageExecutor
 from tests.server.conftest import files, make_settings
 from tests.server.images import GARBAGE, encode, grey, png_header_only, truncated
 
@@ -235,10 +238,31 @@ def test_whole_request_refused_when_the_queue_cannot_take_it(
         assert c.post("/v1/classify", files=files(pngs[:2])).status_code == 200
 
 
+class SlowStages:
+    """The real runner, each stage run 0.5 s late (a lone row is dispatched at once, so the
+    queue delay no longer makes a request wait)."""
+
+    def __init__(self, inner: StageExecutor) -> None:
+        self.inner = inner
+        self.num_stages = inner.num_stages
+
+    def to_device(self, x: np.ndarray) -> Any:
+        return self.inner.to_device(x)
+
+    def run(self, k: int, x: Any) -> tuple[Any | None, np.ndarray]:
+        time.sleep(0.5)
+        return self.inner.run(k, x)
+
+    def merge(self, parts: Sequence[tuple[Any, np.ndarray]]) -> Any:
+        return self.inner.merge(parts)
+
+
 def test_timeout_is_504(tiny_model_dir: Path, pngs: list[bytes]) -> None:
-    # Rows wait up to 2 s for a fuller batch; the request gives up after 0.1 s.
-    settings = make_settings(tiny_model_dir, max_queue_delay_ms=2000, request_timeout_s=0.1)
+    # Stage runs take 0.5 s; the request gives up after 0.1 s.
+    settings = make_settings(tiny_model_dir, request_timeout_s=0.1)
     with TestClient(create_app(settings)) as c:
+        batcher = c.app.state.elf.models.get().batcher  # type: ignore[attr-defined]
+        batcher.executor = SlowStages(batcher.executor)
         r = c.post("/v1/classify", content=pngs[0], headers=PNG)
         assert r.status_code == 504
         assert r.json() == {"error": "the request timed out waiting for the model"}

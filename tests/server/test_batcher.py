@@ -148,14 +148,20 @@ def test_full_queue_refuses_whole_requests_and_recovers() -> None:
 
 
 def test_stop_answers_queued_rows_then_refuses_new_ones() -> None:
-    stages = FakeStages([[0.1, 0.9]] * 3)
+    stages = FakeStages([[0.9, 0.9]] + [[0.1, 0.9]] * 3)
+    stages.gate.clear()
 
     async def go() -> None:
         b = Batcher(stages, max_batch_size=8, max_queue_delay_s=30.0, max_queue_size=8)
         b.start()
-        pending = asyncio.ensure_future(b.infer(row_inputs([0, 1, 2]), [thr(0.5, 0)] * 3, 60))
+        first = asyncio.ensure_future(b.infer(row_inputs([0]), [thr(0.5, 0)], 60))
+        await asyncio.sleep(0.05)  # row 0 went to the idle worker at once; its run is held
+        pending = asyncio.ensure_future(b.infer(row_inputs([1, 2, 3]), [thr(0.5, 0)] * 3, 60))
+        await asyncio.sleep(0.02)
+        stages.gate.set()
+        assert (await first)[0].exit_index == 0
         await asyncio.sleep(0.05)
-        assert not pending.done()  # waiting for a fuller batch (30 s delay)
+        assert not pending.done()  # came while the worker was busy: waits for a fuller batch
         t0 = time.perf_counter()
         await asyncio.to_thread(b.stop, 5)
         res = await pending
@@ -165,6 +171,49 @@ def test_stop_answers_queued_rows_then_refuses_new_ones() -> None:
             await b.infer(row_inputs([0]), [thr(0.5, 0)], 1)
 
     asyncio.run(go())
+
+
+def test_a_lone_request_is_dispatched_without_the_queue_delay() -> None:
+    stages = FakeStages([[0.1, 0.9]] * 3)
+
+    async def go() -> list[float]:
+        # A 30 s delay: any wait for a fuller batch would time the requests out.
+        with running(stages, max_batch_size=8, max_queue_delay_s=30.0) as b:
+            waits = []
+            for i in range(3):  # one after another, as a client at concurrency 1 sends them
+                t0 = time.perf_counter()
+                res = await b.infer(row_inputs([i]), [thr(0.5, 0)], 2)
+                waits.append(time.perf_counter() - t0)
+                assert res[0].exit_index == 1
+                assert res[0].queue_s < 1
+            return waits
+
+    waits = asyncio.run(go())
+    assert max(waits) < 1
+    assert stages.batches == [(0, [0]), (1, [0]), (0, [1]), (1, [1]), (0, [2]), (1, [2])]
+
+
+def test_rows_arriving_while_the_worker_is_busy_still_form_a_batch() -> None:
+    stages = FakeStages([[0.9, 0.9]] * 6)
+    stages.gate.clear()  # the first run is held: the worker is busy meanwhile
+
+    async def go() -> None:
+        with running(stages, max_batch_size=8, max_queue_delay_s=0.2) as b:
+            first = asyncio.ensure_future(b.infer(row_inputs([0]), [thr(0.5, 0)], 5))
+            await asyncio.sleep(0.05)
+            rest = [
+                asyncio.ensure_future(b.infer(row_inputs([i]), [thr(0.5, 0)], 5))
+                for i in range(1, 6)
+            ]
+            await asyncio.sleep(0.02)
+            stages.gate.set()
+            t0 = time.perf_counter()
+            await asyncio.gather(first, *rest)
+            # The five waited for the delay (the batch never filled), not for nothing.
+            assert time.perf_counter() - t0 > 0.1
+
+    asyncio.run(go())
+    assert stages.batches == [(0, [0]), (0, [1, 2, 3, 4, 5])]
 
 
 def test_a_failing_stage_fails_its_rows_only() -> None:
