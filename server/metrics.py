@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -36,6 +37,8 @@ LATENCY_BUCKETS = (
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
+M = TypeVar("M", Counter, Gauge, Histogram)
+
 
 class Metrics:
     """Every `elf_*` metric, registered in `registry` (a fresh one unless given)."""
@@ -43,6 +46,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # (metric id, label values) -> child: labels() takes a lock and builds keys every call.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             "elf_requests",
             "HTTP requests by route template and status",
@@ -112,6 +117,14 @@ class Metrics:
             registry=r,
         )
 
+    def child(self, metric: M, *values: str) -> M:
+        """metric.labels(*values) (in label-name order), created once and then reused."""
+        key = (id(metric), values)
+        found: M | None = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
+
     def set_thresholds(self, model: str, thresholds: Sequence[float]) -> None:
         for k, t in enumerate(thresholds):
             self.exit_threshold.labels(model=model, exit=str(k)).set(t)
@@ -120,11 +133,11 @@ class Metrics:
         self, model: str, exits: Sequence[int], flops_executed: int, flops_full: int
     ) -> None:
         """Count images answered with 200, so that exits summed == images served."""
-        self.images.labels(model=model).inc(len(exits))
+        self.child(self.images, model).inc(len(exits))
         for k in exits:
-            self.exits.labels(model=model, exit=str(k)).inc()
-        self.flops_executed.labels(model=model).inc(flops_executed)
-        self.flops_full.labels(model=model).inc(flops_full)
+            self.child(self.exits, model, str(k)).inc()
+        self.child(self.flops_executed, model).inc(flops_executed)
+        self.child(self.flops_full, model).inc(flops_full)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

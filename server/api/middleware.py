@@ -46,9 +46,9 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = route_template(scope)
-            self.metrics.requests.labels(route=route, status=str(status)).inc()
-            self.metrics.request_duration.labels(route=route).observe(time.perf_counter() - start)
+            m, route = self.metrics, route_template(scope)
+            m.child(m.requests, route, str(status)).inc()
+            m.child(m.request_duration, route).observe(time.perf_counter() - start)
 
 
 class BodyLimitMiddleware:
