@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -70,13 +71,33 @@ def decode_image(data: bytes, pre: Preprocessing, max_pixels: int) -> np.ndarray
 
 def to_input(img: Image.Image, pre: Preprocessing) -> np.ndarray:
     """A decoded Pillow image -> float32 [C, H, W]."""
-    img = img.convert("L" if pre.channels == 1 else "RGB")
+    mode = "L" if pre.channels == 1 else "RGB"
+    if img.mode != mode:  # convert() copies even when the mode already matches
+        img = img.convert(mode)
     img = _resize(img, pre)
-    pixels = np.asarray(img, dtype=np.float32) / 255.0  # [H, W] or [H, W, 3]
+    pixels = np.asarray(img)  # uint8 [H, W] or [H, W, 3]
     chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-    mean = np.asarray(pre.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(pre.std, dtype=np.float32)[:, None, None]
-    return np.ascontiguousarray((chw - mean) / std, dtype=np.float32)
+    table = normalise_table(tuple(pre.mean), tuple(pre.std))  # [C, 256]
+    if len(table) == 1:
+        return table[0].take(chw)  # one gather, C-contiguous [1, H, W]
+    # Channel c's pixel v is row c * 256 + v of the flattened table.
+    offsets = np.arange(0, 256 * len(table), 256, dtype=np.intp)[:, None, None]
+    return table.reshape(-1).take(chw + offsets)
+
+
+@lru_cache(maxsize=16)
+def normalise_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """[C, 256] float32: (v / 255 - mean[c]) / std[c] for every uint8 value v.
+
+    The same float32 operations as normalising the image itself, so identical values bit for
+    bit, but the per-request work is one gather instead of a divide, subtract and divide.
+    """
+    v = np.arange(256, dtype=np.float32) / 255.0
+    m = np.asarray(mean, dtype=np.float32)[:, None]
+    s = np.asarray(std, dtype=np.float32)[:, None]
+    table = np.ascontiguousarray((v[None] - m) / s, dtype=np.float32)
+    table.setflags(write=False)
+    return table
 
 
 def _resize(img: Image.Image, pre: Preprocessing) -> Image.Image:
