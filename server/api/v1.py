@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
-from server.models import ExitMode, ServedModel
+from server.api.classify_route import ClassifyQuery, DirectRoute, openapi_parameters, parse_query
+from server.models import ServedModel
 from server.preprocess import InputError
 from server.schemas.v1 import (
     ClassifyResponse,
@@ -32,12 +32,6 @@ from server.state import AppState, get_state
 router = APIRouter(prefix="/v1", tags=["v1"])
 
 StateDep = Annotated[AppState, Depends(get_state)]
-ThresholdQ = Annotated[
-    float | None,
-    Query(ge=0.0, le=1.0, description="One confidence threshold for every auxiliary exit"),
-]
-TopKQ = Annotated[int | None, Query(ge=1, description="Classes listed per image (default 5)")]
-ExitQ = Annotated[ExitMode, Query(alias="exit", description="auto: early exits; final: none")]
 
 
 async def read_images(request: Request, settings: Settings) -> list[tuple[str, bytes]]:
@@ -90,22 +84,6 @@ def _prediction(
     )
 
 
-@dataclass(frozen=True)
-class ClassifyQuery:
-    threshold: float | None
-    top_k: int | None
-    mode: ExitMode
-
-
-async def classify_query(
-    threshold: ThresholdQ = None, top_k: TopKQ = None, exit_mode: ExitQ = "auto"
-) -> ClassifyQuery:
-    return ClassifyQuery(threshold, top_k, exit_mode)
-
-
-QueryDep = Annotated[ClassifyQuery, Depends(classify_query)]
-
-
 async def _classify(
     request: Request, state: AppState, name: str | None, q: ClassifyQuery
 ) -> ClassifyResponse:
@@ -131,15 +109,31 @@ def json_response(body: BaseModel, exclude_none: bool = False) -> Response:
     return Response(body.model_dump_json(exclude_none=exclude_none), media_type="application/json")
 
 
-@router.post("/classify", response_model=ClassifyResponse)
-async def classify_default(request: Request, state: StateDep, q: QueryDep) -> Response:
+async def classify_default(request: Request) -> Response:
     """Classify with the default model."""
-    return json_response(await _classify(request, state, None, q))
+    q = parse_query(request)
+    return json_response(await _classify(request, request.app.state.elf, None, q))
 
 
-@router.post("/models/{name}/classify", response_model=ClassifyResponse)
-async def classify_with(name: str, request: Request, state: StateDep, q: QueryDep) -> Response:
-    return json_response(await _classify(request, state, name, q))
+async def classify_with(request: Request) -> Response:
+    q = parse_query(request)
+    name: str = request.path_params["name"]
+    return json_response(await _classify(request, request.app.state.elf, name, q))
+
+
+# The hot path: DirectRoute calls these with the Request alone (server.api.classify_route).
+for _path, _endpoint, _params in (
+    ("/classify", classify_default, ()),
+    ("/models/{name}/classify", classify_with, ("name",)),
+):
+    router.add_api_route(
+        _path,
+        _endpoint,
+        methods=["POST"],
+        response_model=ClassifyResponse,
+        route_class_override=DirectRoute,
+        openapi_extra=openapi_parameters(*_params),
+    )
 
 
 def summary(model: ServedModel, default: str) -> ModelSummary:
