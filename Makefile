@@ -48,9 +48,9 @@ clean:
 # Reproduce the bundled model from scratch: train the best ELF setting of the accuracy benchmark
 # (bench/results/accuracy.md), export, verify and calibrate on the validation split.
 MODEL_RUN ?= runs/fashion-mnist-lt
-MODEL_TRAIN_ARGS ?= --method elf --loss balanced_softmax --epochs 30 --seed 0
+MODEL_TRAIN_ARGS ?= --method elf --loss balanced_softmax --epochs 30 --seed 0 --eval-every 5
 model: dev
-	$(VENV)/bin/elf-train --dataset fashion-mnist-lt --arch resnet32 $(MODEL_TRAIN_ARGS) \
+	$(VENV)/bin/elf-train --dataset fashion-mnist-lt --imbalance-ratio 100 --arch resnet32 $(MODEL_TRAIN_ARGS) \
 		--out $(MODEL_RUN) --resume
 	$(VENV)/bin/elf-export --checkpoint $(MODEL_RUN)/checkpoint.pt --out $(MODEL_DIR) --version 1
 	@echo "model written to $(MODEL_DIR) (from $(MODEL_RUN)/checkpoint.pt)"
