@@ -23,7 +23,8 @@ BASE_LOSSES = ("ce", "ldam", "balanced_softmax")
 @dataclass(frozen=True)
 class LossConfig:
     method: str = "elf"  # standard (final exit only) | multi-exit (every exit) | elf
-    base: str = "ce"  # ce | ldam (LDAM with deferred re-weighting) | balanced_softmax
+    # balanced_softmax by default: the best ELF setting of bench/results/accuracy.md.
+    base: str = "balanced_softmax"  # ce | ldam (LDAM with deferred re-weighting) | balanced_softmax
     # Confidence an exit needs (with a correct prediction) for an example to stop there in
     # training: one value for every auxiliary exit, or one per auxiliary exit (K-1 values).
     tau_train: tuple[float, ...] = (0.9,)

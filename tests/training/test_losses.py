@@ -74,11 +74,11 @@ def test_methods_standard_multi_exit_and_warmup() -> None:
     y = torch.tensor(TARGETS)
     all_exits = sum(_ce(LOGITS[k][i], i) for k in range(3) for i in range(3)) / 3
     final = sum(_ce(LOGITS[2][i], i) for i in range(3)) / 3
-    multi = MultiExitLoss(LossConfig(method="multi-exit"), COUNTS, 3, 10)
-    standard = MultiExitLoss(LossConfig(method="standard"), COUNTS, 3, 10)
+    multi = MultiExitLoss(LossConfig(method="multi-exit", base="ce"), COUNTS, 3, 10)
+    standard = MultiExitLoss(LossConfig(method="standard", base="ce"), COUNTS, 3, 10)
     assert multi(_logits(), y).loss.item() == pytest.approx(all_exits, rel=1e-5)
     assert standard(_logits(), y).loss.item() == pytest.approx(final, rel=1e-5)
-    warm = MultiExitLoss(LossConfig(method="elf", elf_warmup_epochs=2), COUNTS, 3, 10)
+    warm = MultiExitLoss(LossConfig(method="elf", base="ce", elf_warmup_epochs=2), COUNTS, 3, 10)
     warm.set_epoch(1)
     assert warm(_logits(), y).loss.item() == pytest.approx(all_exits, rel=1e-5)
     warm.set_epoch(2)
@@ -86,7 +86,7 @@ def test_methods_standard_multi_exit_and_warmup() -> None:
 
 
 def test_exit_weights_and_exited_weight() -> None:
-    cfg = LossConfig(method="elf", exit_weights=(0.5, 1.0, 2.0), exited_weight=0.1)
+    cfg = LossConfig(method="elf", base="ce", exit_weights=(0.5, 1.0, 2.0), exited_weight=0.1)
     out = MultiExitLoss(cfg, COUNTS, 3, 10)(_logits(), torch.tensor(TARGETS))
     w = [0.5, 1.0, 2.0]
     mask: list[list[float]] = [[1, 0.1, 0.1], [1, 1, 0.1], [1, 1, 1]]
