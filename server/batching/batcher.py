@@ -229,13 +229,8 @@ class Batcher:
         if not last:
             thr = np.array([r.thresholds[k] for r in rows])
             exits = probs.max(axis=1) >= thr
-        self._deliver(
-            [
-                (r, RowResult(k, probs[i], r.queue_s, r.compute_s))
-                for i, r in enumerate(rows)
-                if exits[i]
-            ]
-        )
+        # Survivors are queued before the answers go out, so that a client answered here and
+        # resubmitting at once finds the batcher's true state (see _deliver).
         keep = np.flatnonzero(~exits)
         if keep.size:
             kept = [rows[i] for i in keep]
@@ -245,6 +240,13 @@ class Batcher:
                 self._queues[k + 1].append(Part(features, keep.astype(np.int64), kept, t1))
                 self._queued[k + 1] += keep.size
                 self._set_depth()
+        self._deliver(
+            [
+                (r, RowResult(k, probs[i], r.queue_s, r.compute_s))
+                for i, r in enumerate(rows)
+                if exits[i]
+            ]
+        )
         self._observe(k, len(rows), t1 - t0)
 
     def _deliver(self, answers: list[tuple[Row, RowResult | BaseException]]) -> None:
@@ -259,6 +261,9 @@ class Batcher:
                 waited.observe(value.queue_s)
         with self._cond:  # before the answers are visible: a client may resubmit at once
             self._admitted -= len(answers)
+            # The batch's compute is over: a row submitted from here on meets an idle worker
+            # (eager when nothing is queued), not one that looks busy until it loops back.
+            self._busy = False
         for loop, pairs in by_loop.items():
             # One wake-up per loop and batch, not per row; a closed loop has nobody waiting.
             with contextlib.suppress(RuntimeError):

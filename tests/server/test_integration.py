@@ -137,17 +137,20 @@ async def _burst(url: str, png: bytes, n: int) -> list[httpx.Response]:
 def test_full_queue_is_503_and_sigterm_finishes_in_flight_requests(
     tiny_model_dir: Path, pngs: list[bytes], tmp_path: Path
 ) -> None:
-    # Rows wait 400 ms for a fuller batch: the queue (2 images) fills within the burst.
+    # Rows that arrive while the worker is busy wait 400 ms for a fuller batch, so the queue
+    # (2 images) fills within the burst. The first request meets an idle worker and may be
+    # answered (freeing its slot) before the next arrive: 2 or 3 answers, the rest refused.
     env = {"ELF_MAX_QUEUE_SIZE": "2", "ELF_MAX_QUEUE_DELAY_MS": "400", "ELF_MAX_BATCH_SIZE": "8"}
     with live_server(tiny_model_dir, tmp_path / "serve.log", **env) as server:
         responses = asyncio.run(_burst(server.url, pngs[0], 10))
         codes = sorted(r.status_code for r in responses)
-        assert codes == [200] * 2 + [503] * 8, server.logs()
+        n_ok = codes.count(200)
+        assert n_ok in (2, 3) and codes == [200] * n_ok + [503] * (10 - n_ok), server.logs()
         refused = [r for r in responses if r.status_code == 503]
         assert all(r.headers["Retry-After"] == "1" for r in refused)
         assert all("queue full" in r.json()["error"] for r in refused)
         m = _samples(httpx.get(f"{server.url}/metrics").text)
-        assert _sum(m, "elf_rejected_total", reason="queue_full") == 8
+        assert _sum(m, "elf_rejected_total", reason="queue_full") == 10 - n_ok
 
         async def shutdown_during_requests() -> list[httpx.Response]:
             pending = asyncio.ensure_future(_burst(server.url, pngs[1], 2))
