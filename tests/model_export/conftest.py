@@ -16,6 +16,7 @@ from model_export.cli import main
 from training.checkpoint import save_checkpoint
 from training.config import TrainConfig
 from training.data import DataConfig, build_splits, normalize
+from training.losses import LossConfig
 from training.models import ModelConfig, build_model
 
 TRAIN_PER_CLASS = 40
@@ -54,6 +55,8 @@ def tiny_config(root: Path, out: Path) -> TrainConfig:
         epochs=1,
         data=DataConfig(root=root, n_max=30, imbalance_ratio=10.0, val_per_class=5),
         model=ModelConfig(arch="resnet8", width_mult=0.25, head="conv_pool_linear"),
+        # train_tiny uses plain cross-entropy: the provenance must say so.
+        loss=LossConfig(method="elf", base="ce"),
     )
 
 
