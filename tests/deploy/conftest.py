@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy import procs
+from tests.server.live import free_port
 from tests.server.tiny_model import build_tiny_model
 
 
@@ -31,6 +32,6 @@ def live_server(
 ) -> Iterator[LiveServer]:
     """Shared by tests that do not count requests; a test that does starts its own server."""
     log = tmp_path_factory.mktemp("deploy-server") / "elf-serve.log"
-    port = procs.free_port()
+    port = free_port()
     with procs.serve(tiny_model_dir, port, log):
         yield LiveServer(f"http://127.0.0.1:{port}", port, "tiny", log)

@@ -18,6 +18,7 @@ import pytest
 from tests.deploy import procs
 from tests.deploy.conftest import LiveServer
 from tests.deploy.queries import REPO
+from tests.server.live import free_port
 from tests.server.tiny_model import fixture_pixels, png_bytes
 
 CONF = REPO / "docker" / "nginx" / "nginx.conf"
@@ -58,7 +59,7 @@ def _classify_count(server: LiveServer) -> float:
 
 @pytest.mark.integration
 def test_nginx_proxies_to_the_server(live_server: LiveServer, tmp_path: Path) -> None:
-    port = procs.free_port()
+    port = free_port()
     config = adapted_config(tmp_path, f"127.0.0.1:{live_server.port}", port)
     base = f"http://127.0.0.1:{port}"
     pngs = [png_bytes(p) for p in fixture_pixels(3)]

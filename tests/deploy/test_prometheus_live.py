@@ -22,6 +22,7 @@ import yaml
 
 from tests.deploy import procs
 from tests.deploy.queries import REPO, concrete, dashboard_queries, rule_queries
+from tests.server.live import free_port
 from tests.server.tiny_model import fixture_pixels, png_bytes
 
 PROM_DIR = REPO / "docker" / "prometheus"
@@ -98,9 +99,9 @@ def send_half(client: httpx.Client, url: str, pngs: list[bytes]) -> int:
 def test_prometheus_counts_the_traffic_and_evaluates_every_query(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    server_port, prom_port = procs.free_port(), procs.free_port()
+    server_port, prom_port = free_port(), free_port()
     while prom_port == server_port:
-        prom_port = procs.free_port()
+        prom_port = free_port()
     server = f"http://127.0.0.1:{server_port}"
     config = adapted_config(tmp_path, f"127.0.0.1:{server_port}", prom_port)
     pngs = [png_bytes(p) for p in fixture_pixels(HALF)]

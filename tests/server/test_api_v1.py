@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from model_export.calibration import early_exit
 from model_export.manifest import load_manifest
 from server.app import create_app
 from tests.server.conftest import files, make_settings
-from tests.server.tiny_model import build_tiny_model, early_exit, normalise, stage_probs
+from tests.server.tiny_model import build_tiny_model, normalise, stage_probs
 
 
 def test_single_multipart_file_and_raw_body_give_the_offline_answer(

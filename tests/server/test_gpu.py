@@ -12,12 +12,13 @@ import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
+from model_export.calibration import early_exit
 from model_export.manifest import load_manifest
 from server.app import create_app
 from server.engine.runner import OnnxStageRunner
 from server.engine.sessions import CUDA, load_stage_sessions
 from tests.server.conftest import files, make_settings
-from tests.server.tiny_model import early_exit, normalise
+from tests.server.tiny_model import normalise
 
 HAS_CUDA = CUDA in ort.get_available_providers() and Path("/dev/nvidia0").exists()
 pytestmark = [

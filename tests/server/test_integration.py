@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from model_export.calibration import early_exit
 from model_export.manifest import load_manifest
 from tests.server.live import LiveServer, live_server
-from tests.server.tiny_model import early_exit, normalise
+from tests.server.tiny_model import normalise
 
 pytestmark = pytest.mark.integration
 

@@ -19,6 +19,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from model_export.calibration import softmax
 from model_export.manifest import (
     Calibration,
     CalibrationPoint,
@@ -166,21 +167,9 @@ def stage_probs(model_dir: Path, x: np.ndarray) -> list[np.ndarray]:
             str(model_dir / f"stage_{k}.onnx"), providers=["CPUExecutionProvider"]
         )
         outs = sess.run(None, {"input": h})
-        logits = outs[-1].astype(np.float64)
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs.append(e / e.sum(axis=1, keepdims=True))
+        probs.append(softmax(outs[-1]))
         h = outs[0]
     return probs
-
-
-def early_exit(probs: list[np.ndarray], thresholds: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """-> (class index [N], exit index [N]): the first exit whose max prob reaches its threshold."""
-    n = probs[0].shape[0]
-    exit_idx = np.full(n, len(probs) - 1)
-    for k in reversed(range(len(probs) - 1)):
-        exit_idx[probs[k].max(axis=1) >= thresholds[k]] = k
-    pred = np.array([probs[e][i].argmax() for i, e in enumerate(exit_idx)])
-    return pred, exit_idx
 
 
 def _between(conf: np.ndarray, q: float) -> float:
