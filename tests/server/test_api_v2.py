@@ -31,7 +31,7 @@ def fp32_request(x: np.ndarray, nested: bool = False, **extra: object) -> dict:
 
 def test_server_metadata_and_health(client: TestClient) -> None:
     meta = client.get("/v2").json()
-    assert meta == {"name": "elf-serving", "version": meta["version"], "extensions": []}
+    assert meta == {"name": "elf-serving", "version": meta["version"], "extensions": ["binary_tensor_data"]}
     assert client.get("/v2/health/live").json() == {"live": True}
     r = client.get("/v2/health/ready")
     assert r.status_code == 200 and r.json() == {"ready": True}
@@ -191,7 +191,7 @@ def test_infer_parameters_threshold_and_exit(client: TestClient, pixels: np.ndar
                     }
                 ]
             },
-            "binary tensor data",
+            "binary_data_size 3136 goes past the 0 bytes",
         ),
         (
             {
