@@ -31,7 +31,8 @@ def fp32_request(x: np.ndarray, nested: bool = False, **extra: object) -> dict:
 
 def test_server_metadata_and_health(client: TestClient) -> None:
     meta = client.get("/v2").json()
-    assert meta == {"name": "elf-serving", "version": meta["version"], "extensions": ["binary_tensor_data"]}
+    extensions = ["binary_tensor_data"]
+    assert meta == {"name": "elf-serving", "version": meta["version"], "extensions": extensions}
     assert client.get("/v2/health/live").json() == {"live": True}
     r = client.get("/v2/health/ready")
     assert r.status_code == 200 and r.json() == {"ready": True}
