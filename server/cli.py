@@ -56,6 +56,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _errors(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+        for e in exc.errors()
+    )
+
+
+def manifest_message(exc: ManifestError) -> str:
+    """The model directory's fault on one line (pydantic's report spans several)."""
+    if isinstance(exc.__cause__, ValidationError):
+        head = str(exc).split("\n", 1)[0].rsplit(": ", 1)[0]  # "<path>: invalid manifest"
+        return f"{head}: {_errors(exc.__cause__)}"
+    return " ".join(str(exc).split())
+
+
 def settings_message(exc: ValidationError) -> str:
     """One line naming each bad setting as the user wrote it (variable, flag, value)."""
     parts = []
@@ -96,7 +111,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     except ValidationError as exc:
         _fail(settings_message(exc), debug)
     except ManifestError as exc:
-        _fail(f"{exc}; point --model-dir (ELF_MODEL_DIR) at a model elf-export wrote", debug)
+        fix = "point --model-dir (ELF_MODEL_DIR) at a directory that elf-export wrote"
+        _fail(f"{manifest_message(exc)}; {fix}", debug)
     except EngineError as exc:
         _fail(str(exc), debug)
     return settings
