@@ -26,7 +26,7 @@ def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
-def _edit_manifest(edit: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
+def _edit_manifest(edit: Callable[[dict[str, Any]], object]) -> Callable[[Path], None]:
     def apply(d: Path) -> None:
         m = json.loads((d / "manifest.json").read_text())
         edit(m)
@@ -39,7 +39,7 @@ def _drop_last_exit(m: dict[str, Any]) -> None:
     m["exits"].pop()
 
 
-BROKEN: dict[str, tuple[Callable[[Path], None], str]] = {
+BROKEN: dict[str, tuple[Callable[[Path], object], str]] = {
     "sha256 mismatch": (
         lambda d: (d / "stage_1.onnx").write_bytes((d / "stage_1.onnx").read_bytes() + b"\0"),
         r"stage_1\.onnx: sha256 mismatch",
