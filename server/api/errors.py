@@ -90,7 +90,7 @@ def install_error_handlers(app: FastAPI, metrics: Metrics, retry_after_s: int) -
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # 413/408 from the body limits, 400 from Starlette's multipart parser; 404/405 not counted.
         reason = _REASONS.get(exc.status_code)
-        if exc.status_code in (408, 499):  # the client's doing, one line, no traceback
+        if exc.status_code in (408, 499, 503):  # the client's doing or shutdown: one line
             log.warning("%s %s: %s", request.method, request.url.path, exc.detail)
         if reason is not None:
             metrics.rejected.labels(reason=reason).inc()

@@ -33,6 +33,14 @@ class BodyTimeoutError(StarletteHTTPException):
         super().__init__(408, detail, {"Connection": "close"})
 
 
+class BodyCancelledError(StarletteHTTPException):
+    """uvicorn cancels what is still running when its graceful shutdown times out; a request
+    still waiting for its body then gets a 503 and one log line, not a CancelledError traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "the server shut down while the request body was arriving")
+
+
 class ClientGoneError(StarletteHTTPException):
     """499 (nginx's "client closed request"): nobody reads it; it is counted and logged."""
 
@@ -105,6 +113,8 @@ class BodyLimitMiddleware:
                     message = await receive()
             except TimeoutError:
                 raise BodyTimeoutError(self.timeout_s) from None
+            except asyncio.CancelledError:
+                raise BodyCancelledError() from None
             if message["type"] == "http.disconnect":
                 raise ClientGoneError()
             complete = not message.get("more_body", False)

@@ -47,11 +47,11 @@ def elf_serve() -> str:
 
 
 @contextmanager
-def live_server(model_dir: Path, log: Path, **env: str) -> Iterator[LiveServer]:
+def live_server(model_dir: Path, log: Path, *flags: str, **env: str) -> Iterator[LiveServer]:
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("ELF_")}
     environ |= {"ELF_MODEL_DIR": str(model_dir), "ELF_PROVIDERS": "cpu", **env}
-    cmd = [elf_serve(), "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [elf_serve(), "--host", "127.0.0.1", "--port", str(port), *flags]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=environ, stdout=out, stderr=subprocess.STDOUT)
     server = LiveServer(f"http://127.0.0.1:{port}", proc, log)
