@@ -59,10 +59,9 @@ def test_v2_threshold_huge_or_non_finite_is_400_and_keeps_the_connection(
     server: LiveServer, value: str
 ) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", _port(server), timeout=20)
-    inp = '{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": %s}' % (
-        json.dumps([0.0] * 784)
-    )
-    body = '{"parameters": {"threshold": %s}, "inputs": [%s]}' % (value, inp)
+    inp = {"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}
+    # The number is spliced in as written: json.dumps cannot write these literals.
+    body = json.dumps({"parameters": {"threshold": "X"}, "inputs": [inp]}).replace('"X"', value)
     conn.request("POST", "/v2/models/tiny/infer", body=body)  # no Content-Type, as clients do
     r = conn.getresponse()
     msg = json.loads(r.read())["error"]
@@ -70,7 +69,11 @@ def test_v2_threshold_huge_or_non_finite_is_400_and_keeps_the_connection(
     assert "finite number" in msg or "valid number" in msg, msg
     assert r.getheader("connection") != "close"
     sock = conn.sock
-    conn.request("POST", "/v2/models/tiny/infer", body=body.replace(value, "0.5"))
+    conn.request(
+        "POST",
+        "/v2/models/tiny/infer",
+        body=body.replace(f'"threshold": {value}', '"threshold": 0.5'),
+    )
     r = conn.getresponse()
     assert r.status == 200, r.read()
     assert conn.sock is sock  # the same keep-alive connection answered both
