@@ -66,7 +66,7 @@ def test_fuzz_gets_no_5xx_and_nothing_off_schema(served: LiveServer) -> None:
                 known = {"name": "tiny", "model_version": "0.0.1-test"}
                 case.path_parameters = {k: known.get(k, v) for k, v in case.path_parameters.items()}
             r = case.call_and_validate(base_url=served.url, checks=CHECKS)
-            seen[operation.label, r.status_code] += 1
+            seen[case.operation.label, r.status_code] += 1
 
         run()
     assert examples >= 200
