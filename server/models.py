@@ -100,7 +100,7 @@ def find_model_dirs(root: Path) -> list[Path]:
     if (root / MANIFEST_FILE).is_file():
         return [root]
     if not root.is_dir():
-        raise ManifestError(f"{root}: model directory does not exist (ELF_MODEL_DIR)")
+        raise ManifestError(f"{root}: model directory does not exist")
     dirs = sorted(p for p in root.iterdir() if (p / MANIFEST_FILE).is_file())
     if not dirs:
         raise ManifestError(f"{root}: no {MANIFEST_FILE} here or in any sub-directory")
