@@ -129,12 +129,10 @@ def _encoded_images(inp: RequestInput, raw: bytes | None) -> list[tuple[str, byt
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or not isinstance(data, list):
         raise InputError(f"{inp.name}: BYTES images need shape [N] or [N, 1] and a data list")
     flat = [d[0] if isinstance(d, list) and len(d) == 1 else d for d in data]
-    if raw is not None:
-        if len(flat) != shape[0]:
-            raise InputError(f"{inp.name}: shape says {shape[0]} images, data holds {len(flat)}")
-        return [(f"{inp.name}[{i}]", item) for i, item in enumerate(flat)]
     if len(flat) != shape[0]:
         raise InputError(f"{inp.name}: shape says {shape[0]} images, data holds {len(flat)}")
+    if raw is not None:  # binary elements are the image files themselves
+        return [(f"{inp.name}[{i}]", item) for i, item in enumerate(flat)]
     out = []
     for i, item in enumerate(flat):
         if not isinstance(item, str):
