@@ -11,13 +11,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model_export.calibration import (
-    calibrate,
-    class_thirds,
-    evaluate_thresholds,
-    final_exit_only,
-    softmax,
-)
+from elf_core.accuracy import class_thirds
+from elf_core.calibration import calibrate, evaluate_thresholds, final_exit_only
+from elf_core.exits import softmax
+from elf_core.providers import Provider
 from model_export.report import CalibrationOutcome
 from model_export.runtime import StageRunner, collect_logits
 from training.data import DataSplits, ImageDataset
@@ -58,7 +55,7 @@ def run_calibration(
     flops_full: int,
     tolerance: float,
     *,
-    providers: Sequence[str] = ("CPUExecutionProvider",),
+    providers: Sequence[Provider] = ("CPUExecutionProvider",),
     batch_size: int = 256,
     progress: bool = True,
 ) -> CalibrationOutcome:

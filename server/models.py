@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from model_export.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
+from elf_core.exits import check_thresholds, exit_thresholds
+from elf_core.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
 from server.batching.batcher import Batcher
 from server.engine.runner import OnnxStageRunner
 from server.engine.sessions import load_stage_sessions
@@ -65,13 +66,11 @@ class ServedModel:
     def set_thresholds(self, values: list[float]) -> tuple[float, ...]:
         """Accept K-1 (auxiliary exits) or K values (then the last must be 0); return the old."""
         k = self.num_exits
-        if len(values) not in (k - 1, k) or not values:
-            raise InputError(f"{self.name} has {k} exits: send {k - 1} or {k} thresholds")
-        if any(not 0.0 <= v <= 1.0 for v in values):
-            raise InputError(f"thresholds must lie in [0, 1], got {values}")
-        if len(values) == k and values[-1] != 0.0:
-            raise InputError("the last exit always answers: its threshold must be 0")
-        new = (*values[: k - 1], 0.0)
+        try:
+            check_thresholds(values, k)
+        except ValueError as exc:
+            raise InputError(f"{self.name}: {exc}") from None
+        new = tuple(float(v) for v in exit_thresholds(values, k))
         with self._lock:
             old, self.thresholds = self.thresholds, new
         return old

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from model_export.manifest import Manifest
+from elf_core.manifest import Manifest
 from server.engine.onnx_bytes import merge_rows_model
 from server.engine.sessions import EngineError, StageSessions, session_options
 

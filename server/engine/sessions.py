@@ -5,39 +5,27 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import onnxruntime as ort
 
-from model_export.manifest import Manifest
+from elf_core.manifest import Manifest
+from elf_core.providers import CUDA, ProviderError, ProviderList, select_providers
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
-
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
 
 
 class EngineError(RuntimeError):
     """The engine cannot start as configured; the message says why."""
 
 
-ProviderList = list[str | tuple[str, dict[str, Any]]]
-
-
 def requested_providers(choice: str, device_id: int = 0) -> ProviderList:
-    """Providers to ask ONNX Runtime for: auto = CUDA when this onnxruntime build has it."""
-    available = ort.get_available_providers()
-    if choice == "cpu":
-        return [CPU]
-    if CUDA in available:
-        return [(CUDA, {"device_id": str(device_id)}), CPU]
-    if choice == "cuda":
-        raise EngineError(
-            f"ELF_PROVIDERS=cuda but this onnxruntime has no {CUDA} "
-            f"(available: {', '.join(available)}); install onnxruntime-gpu or use auto/cpu"
-        )
-    return [CPU]
+    """Providers to ask ONNX Runtime for (elf_core.providers' rule): auto = CUDA when this
+    onnxruntime build has it."""
+    try:
+        return select_providers(choice, ort.get_available_providers(), device_id)
+    except ProviderError as exc:
+        raise EngineError(f"ELF_PROVIDERS={choice}: {exc}") from None
 
 
 def session_options(threads: int, spinning: bool) -> ort.SessionOptions:

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from model_export.manifest import ManifestError, load_manifest
+from elf_core.manifest import ManifestError, load_manifest
 from server.engine.onnx_bytes import merge_rows_model
 from server.engine.runner import OnnxStageRunner
 from server.engine.sessions import CUDA, EngineError, load_stage_sessions, requested_providers

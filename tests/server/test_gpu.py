@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
-from model_export.calibration import early_exit
-from model_export.manifest import load_manifest
+from elf_core.exits import early_exit
+from elf_core.manifest import load_manifest
 from server.app import create_app
 from server.engine.runner import OnnxStageRunner
 from server.engine.sessions import CUDA, load_stage_sessions

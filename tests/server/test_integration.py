@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from model_export.calibration import early_exit
-from model_export.manifest import load_manifest
+from elf_core.exits import early_exit
+from elf_core.manifest import load_manifest
 from tests.server.live import LiveServer, live_server
 from tests.server.tiny_model import normalise
 
