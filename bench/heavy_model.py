@@ -44,10 +44,10 @@ from model_export.export import (
     export_model,
 )
 from model_export.report import manifest_point
-from model_export.runtime import StageRunner
+from model_export.runtime import StageChain
 from model_export.verify import FlopsReport
 from server.preprocess import decode_image
-from training.models import ExitHead, ModelConfig, MultiExitNet, build_model
+from training.networks import ExitHead, ModelConfig, MultiExitNet, build_model
 
 log = logging.getLogger("bench.heavy_model")
 
@@ -161,7 +161,7 @@ def exit_mix_calibration(cfg: BenchModelConfig) -> CalibrationStep:
 
     def step(stage_paths: Sequence[Path], flops: FlopsReport, model_dir: Path) -> Calibrated:
         x_cal, y_cal = inputs(cfg, cfg.fit_images, cfg.calib_images)
-        runner = StageRunner(stage_paths)
+        runner = StageChain(stage_paths)
         chunks = [runner(x_cal[i : i + 32]) for i in range(0, len(x_cal), 32)]
         probs = [softmax(np.concatenate(z)) for z in zip(*chunks, strict=True)]
         thresholds = mix_thresholds([p.max(axis=1) for p in probs], cfg.exit_mix)

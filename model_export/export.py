@@ -62,7 +62,7 @@ from model_export.verify import (
 )
 from training.checkpoint import load_checkpoint, load_model, load_train_config
 from training.data import DataSplits, build_splits
-from training.models import MultiExitNet
+from training.networks import MultiExitNet
 
 CONFIG_FILE = "config.json"  # the checkpoint's training config: rebuilds the data splits
 

@@ -33,7 +33,7 @@ def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
     return np.asarray((images.astype(np.float32) / 255.0 - m) / s, dtype=np.float32)
 
 
-class StageRunner:
+class StageChain:
     """The stage graphs of a model directory, run one after another on every row."""
 
     def __init__(

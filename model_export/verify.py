@@ -14,9 +14,9 @@ import torch
 
 from elf_core.manifest import TensorSpec
 from model_export.onnx_flops import count_onnx_flops
-from model_export.runtime import StageRunner, session
+from model_export.runtime import StageChain, session
 from training.flops import stage_flops
-from training.models import MultiExitNet
+from training.networks import MultiExitNet
 
 MIN_OPSET = 17
 PARITY_ATOL = 1e-4
@@ -80,7 +80,7 @@ def check_batch_sizes(
     stage_paths: Sequence[Path], full_path: Path, input_shape: tuple[int, ...], num_classes: int
 ) -> None:
     """Batches of 1, 3 and 64 run through the chained stages and full.onnx with matching dim 0."""
-    runner = StageRunner(stage_paths)
+    runner = StageChain(stage_paths)
     full = session(full_path, ["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     for b in BATCH_SIZES:
@@ -109,7 +109,7 @@ def check_parity(
     param = next(net.parameters())
     with torch.no_grad():
         ref = [t.float().cpu().numpy() for t in net.eval()(torch.from_numpy(x).to(param.device))]
-    staged = StageRunner(stage_paths)(x)
+    staged = StageChain(stage_paths)(x)
     full = session(full_path, ["CPUExecutionProvider"]).run(None, {"input": x})
     scale = [max(1.0, float(np.abs(r).max())) if relative else 1.0 for r in ref]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from training.models import MultiExitNet
+from training.networks import MultiExitNet
 
 
 def _layer_flops(module: nn.Module, out: Tensor) -> int:

@@ -29,11 +29,11 @@ from training.distributed import (
     resolve_device,
     wrap_model,
 )
-from training.engine import InputSpec, batches, predict, train_one_epoch
 from training.evaluate import final_metrics, plot_per_class
 from training.flops import stage_flops
+from training.loop import InputSpec, batches, predict, train_one_epoch
 from training.losses import MultiExitLoss
-from training.models import MultiExitNet, build_model
+from training.networks import MultiExitNet, build_model
 from training.optim import make_optimizer
 
 log = logging.getLogger(__name__)

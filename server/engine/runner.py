@@ -19,7 +19,9 @@ from server.engine.sessions import EngineError, StageSessions, session_options
 
 log = logging.getLogger(__name__)
 
-Part = tuple[ort.OrtValue, np.ndarray]  # (features [b, ...] on the device, rows to keep int64 [m])
+# (features [b, ...] on the device, the rows of it to keep int64 [m]); the batcher queues these
+# inside its `Part`s.
+FeatureRows = tuple[ort.OrtValue, np.ndarray]
 
 
 class OnnxStageRunner:
@@ -66,7 +68,7 @@ class OnnxStageRunner:
         logits = np.asarray(outputs[-1].numpy(), dtype=np.float32)
         return (outputs[0] if spec.features is not None else None), logits
 
-    def merge(self, parts: Sequence[Part]) -> ort.OrtValue:
+    def merge(self, parts: Sequence[FeatureRows]) -> ort.OrtValue:
         """Keep rows[i] of each part and concatenate, on the device: [sum m_i, ...]."""
         if len(parts) == 1:
             handle, rows = parts[0]
@@ -74,7 +76,7 @@ class OnnxStageRunner:
                 return handle  # nothing exited and nothing to join: no copy
         return self._run_merge(parts)
 
-    def _run_merge(self, parts: Sequence[Part]) -> ort.OrtValue:
+    def _run_merge(self, parts: Sequence[FeatureRows]) -> ort.OrtValue:
         offsets = np.cumsum([0] + [h.shape()[0] for h, _ in parts[:-1]])
         rows = np.concatenate([r + o for (_, r), o in zip(parts, offsets, strict=True)])
         first = parts[0][0]

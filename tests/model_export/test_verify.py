@@ -26,7 +26,7 @@ from model_export.verify import (
 from tests.model_export.conftest import Exported
 from training.checkpoint import load_model
 from training.flops import count_flops
-from training.models import ExitHead
+from training.networks import ExitHead
 
 
 class ConvLinear(nn.Module):

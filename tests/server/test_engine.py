@@ -16,7 +16,7 @@ from server.engine.onnx_bytes import merge_rows_model
 from server.engine.runner import OnnxStageRunner
 from server.engine.sessions import CUDA, EngineError, load_stage_sessions, requested_providers
 from server.metrics import Metrics
-from server.models import find_model_dirs, load_models
+from server.registry import find_model_dirs, load_models
 from tests.server.conftest import make_settings
 from tests.server.tiny_model import build_tiny_model, normalise
 

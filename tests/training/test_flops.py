@@ -8,7 +8,7 @@ from torch import nn
 
 from elf_core.flops import cumulative_flops, cumulative_flops_ratio, full_flops
 from training.flops import count_flops, stage_flops
-from training.models import ModelConfig, MultiExitNet, build_model
+from training.networks import ModelConfig, MultiExitNet, build_model
 
 
 def _tiny() -> MultiExitNet:
