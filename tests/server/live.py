@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,15 +50,19 @@ def elf_serve() -> str:
     return str(script) if script.exists() else "elf-serve"
 
 
+def live_server(model_dir: Path, log: Path, **env: str) -> AbstractContextManager[LiveServer]:
+    return live_command([elf_serve()], model_dir, log, **env)
+
+
 @contextmanager
-def live_server(
-    model_dir: Path, log: Path, *, command: list[str] | None = None, **env: str
+def live_command(
+    command: list[str], model_dir: Path, log: Path, /, **env: str
 ) -> Iterator[LiveServer]:
-    """`command` (default: elf-serve) gets --host and --port appended; run from the repo root."""
+    """`command` (elf-serve or a wrapper of it) with --host and --port, from the repo root."""
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("ELF_")}
     environ |= {"ELF_MODEL_DIR": str(model_dir), "ELF_PROVIDERS": "cpu", **env}
-    cmd = [*(command or [elf_serve()]), "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [*command, "--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=environ, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     server = LiveServer(f"http://127.0.0.1:{port}", proc, log)

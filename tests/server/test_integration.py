@@ -17,7 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from elf_core.exits import early_exit
 from elf_core.manifest import load_manifest
-from tests.server.live import GATED_SERVE, LiveServer, ServerEvents, live_server
+from tests.server.live import (
+    GATED_SERVE,
+    LiveServer,
+    ServerEvents,
+    live_command,
+    live_server,
+)
 from tests.server.tiny_model import normalise
 
 pytestmark = pytest.mark.integration
@@ -136,9 +142,8 @@ def test_full_queue_is_503_and_sigterm_finishes_in_flight_requests(
     events = ServerEvents(tmp_path)
     # Rows that arrive while the worker is busy wait 400 ms for a fuller batch; the queue holds 2.
     env = {"ELF_MAX_QUEUE_SIZE": "2", "ELF_MAX_QUEUE_DELAY_MS": "400", "ELF_MAX_BATCH_SIZE": "8"}
-    with live_server(
-        tiny_model_dir, tmp_path / "serve.log", command=GATED_SERVE, **env, **events.env
-    ) as server:
+    log = tmp_path / "serve.log"
+    with live_command(GATED_SERVE, tiny_model_dir, log, **env, **events.env) as server:
 
         async def step(*lines: str) -> None:
             await asyncio.to_thread(events.expect, *lines)
