@@ -55,13 +55,10 @@ class ServedModel:
         """Per-exit thresholds for one request: [K] float64 (the last exit always answers)."""
         k = self.num_exits
         if mode == "final":
-            t = np.full(k, np.inf)
-        elif threshold is not None:
-            t = np.full(k, threshold, dtype=np.float64)
-        else:
-            t = np.asarray(self.thresholds, dtype=np.float64)
-        t[-1] = 0.0
-        return t
+            return exit_thresholds([np.inf] * (k - 1), k)
+        if threshold is not None:
+            return exit_thresholds([threshold] * (k - 1), k)
+        return exit_thresholds(self.thresholds, k)
 
     def set_thresholds(self, values: list[float]) -> tuple[float, ...]:
         """Accept K-1 (auxiliary exits) or K values (then the last must be 0); return the old."""

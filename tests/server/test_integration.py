@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -143,7 +144,10 @@ def test_full_queue_is_503_and_sigterm_finishes_in_flight_requests(
     # Rows that arrive while the worker is busy wait 400 ms for a fuller batch; the queue holds 2.
     env = {"ELF_MAX_QUEUE_SIZE": "2", "ELF_MAX_QUEUE_DELAY_MS": "400", "ELF_MAX_BATCH_SIZE": "8"}
     log = tmp_path / "serve.log"
-    with live_command(GATED_SERVE, tiny_model_dir, log, **env, **events.env) as server:
+    with (
+        live_command(GATED_SERVE, tiny_model_dir, log, **env, **events.env) as server,
+        contextlib.closing(events),
+    ):
 
         async def step(*lines: str) -> None:
             await asyncio.to_thread(events.expect, *lines)
