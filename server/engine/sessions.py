@@ -69,7 +69,8 @@ def load_stage_sessions(manifest: Manifest, model_dir: Path, settings: Settings)
         what = f"{name} {spec.file}"
         check_placement(what, choice, available, sess.get_providers(), first.device)
         if sess.get_providers() != first.providers:
-            raise EngineError(f"{what} runs on {sess.get_providers()}, stage 0 on {first.providers}")
+            active = sess.get_providers()
+            raise EngineError(f"{what} runs on {active}, stage 0 on {first.providers}")
     if first.warning:
         log.warning("%s", first.warning)
     elif choice == "auto" and CUDA not in available:

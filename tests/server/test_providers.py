@@ -96,7 +96,7 @@ def test_session_options_log_warnings_and_disable_fallback_on_cuda_only() -> Non
 
 
 @pytest.mark.parametrize(
-    ("choice", "available", "active", "expected", "device", "warns"),
+    "case",
     [
         ("cpu", BOTH, [CPU], None, "cpu", False),
         ("auto", [CPU], [CPU], None, "cpu", False),  # CPU onnxruntime: CPU by design
@@ -107,10 +107,9 @@ def test_session_options_log_warnings_and_disable_fallback_on_cuda_only() -> Non
         ("auto", BOTH, [CPU], "cpu", "cpu", True),
     ],
 )
-def test_placement_accepted(
-    choice: str, available: list[str], active: list[str], expected: str | None, device: str,
-    warns: bool,
-) -> None:  # fmt: skip
+def test_placement_accepted(case: tuple[str, list[str], list[str], str | None, str, bool]) -> None:
+    """(ELF_PROVIDERS, available, active, the stages' device, judged device, warns)."""
+    choice, available, active, expected, device, warns = case
     p = check_placement("m stage_0.onnx", choice, available, active, expected)
     assert (p.device, p.providers, p.warning is not None) == (device, active, warns)
     if warns:
