@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     # False: ask for CUDA alone and set session.disable_cpu_ep_fallback, so a graph node that
     # CUDA cannot run fails session creation instead of running on the CPU (tests use it).
     cuda_cpu_fallback: bool = True
+    # Load CUDA and cuDNN from the nvidia-* pip packages that `.[gpu]` installs
+    # (onnxruntime.preload_dlls, then the system's library path) before the first CUDA session.
+    cuda_preload_dlls: bool = True
 
     max_batch_size: PositiveInt = 32
     # How long the oldest waiting row may wait for a fuller batch, at every stage.

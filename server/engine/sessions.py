@@ -18,6 +18,7 @@ from server.engine.providers import (
     check_placement,
     requested_providers,
     session_options,
+    wants_cuda,
 )
 from server.settings import Settings
 
@@ -56,6 +57,8 @@ class StageSessions:
 def load_stage_sessions(manifest: Manifest, model_dir: Path, settings: Settings) -> StageSessions:
     available = ort.get_available_providers()
     requested = requested_providers(settings, available)
+    if wants_cuda(requested) and settings.cuda_preload_dlls and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()  # onnxruntime >= 1.21; no-op for libraries already loaded
     opts = session_options(settings.threads_per_session(), settings.ort_spinning, requested)
     sessions = [
         ort.InferenceSession(str(model_dir / s.file), sess_options=opts, providers=requested)
