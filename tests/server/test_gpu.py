@@ -125,6 +125,8 @@ def test_parity_with_the_cpu_per_exit(model_dir: Path, pixels: np.ndarray) -> No
         pg, pc = softmax(lg), softmax(lc)
         np.testing.assert_allclose(pg, pc, atol=TOL, err_msg=f"exit {k}")
         assert (pg.argmax(1) == pc.argmax(1)).mean() >= 0.99, f"exit {k}"
+        if k >= len(thresholds):  # the manifest may leave out the last exit's 0
+            continue
         conf_c = pc.max(1)
         far = np.abs(conf_c - thresholds[k]) > TOL  # nearer than TOL may flip legitimately
         np.testing.assert_array_equal(
