@@ -22,18 +22,27 @@ class ProviderError(RuntimeError):
     """CUDA was asked for and this onnxruntime build cannot give it."""
 
 
-def select_providers(choice: str, available: Sequence[str], device_id: int = 0) -> ProviderList:
-    """cpu: CPU only; auto: CUDA (then CPU) when the build has it, else CPU; cuda: CUDA (then
-    CPU), and ProviderError when the build has no CUDA provider."""
+def select_providers(
+    choice: str,
+    available: Sequence[str],
+    *,
+    cuda_options: dict[str, str] | None = None,
+    cpu_fallback: bool = True,
+) -> ProviderList:
+    """cpu: CPU only; auto: CUDA when the build has it, else CPU; cuda: CUDA, and ProviderError
+    when the build has none. CUDA is listed with `cuda_options` when given, and followed by CPU
+    unless `cpu_fallback` is off."""
     if choice not in CHOICES:
         raise ValueError(f"unknown device {choice!r}; use one of {', '.join(CHOICES)}")
     if choice == "cpu":
         return [CPU]
     if CUDA in available:
-        return [(CUDA, {"device_id": str(device_id)}), CPU]
+        cuda: Provider = (CUDA, cuda_options) if cuda_options is not None else CUDA
+        return [cuda, CPU] if cpu_fallback else [cuda]
     if choice == "cuda":
+        # Callers prefix how cuda was asked for ("ELF_PROVIDERS=", "--device ").
         raise ProviderError(
-            f"cuda asked for, but this onnxruntime has no {CUDA} "
+            f"cuda but this onnxruntime has no {CUDA} "
             f"(available: {', '.join(available)}); install onnxruntime-gpu or use auto/cpu"
         )
     return [CPU]

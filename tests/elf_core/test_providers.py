@@ -16,8 +16,10 @@ def test_cpu_build() -> None:
 
 def test_cuda_build() -> None:
     assert select_providers("cpu", [CUDA, CPU]) == [CPU]
-    assert select_providers("auto", [CUDA, CPU], 1) == [(CUDA, {"device_id": "1"}), CPU]
-    assert select_providers("cuda", [CUDA, CPU]) == [(CUDA, {"device_id": "0"}), CPU]
+    opts = {"device_id": "1"}
+    assert select_providers("auto", [CUDA, CPU], cuda_options=opts) == [(CUDA, opts), CPU]
+    assert select_providers("cuda", [CUDA, CPU]) == [CUDA, CPU]
+    assert select_providers("cuda", [CUDA, CPU], cpu_fallback=False) == [CUDA]
 
 
 def test_unknown_choice() -> None:
