@@ -15,7 +15,7 @@ from server.api.errors import install_error_handlers
 from server.api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from server.api.openapi import install_openapi
 from server.metrics import Metrics
-from server.models import load_models
+from server.registry import load_models
 from server.settings import Settings
 from server.state import AppState
 

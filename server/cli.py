@@ -19,10 +19,10 @@ from typing import NoReturn
 import uvicorn
 from pydantic import ValidationError
 
-from model_export.manifest import ManifestError
-from server.engine.sessions import EngineError, requested_providers
+from elf_core.manifest import ManifestError
+from server.engine.providers import EngineError, requested_providers
 from server.http_protocol import HeadCappedHttpToolsProtocol
-from server.models import find_manifests
+from server.registry import find_manifests
 from server.settings import Settings, unknown_variables
 
 # flag -> settings field (the environment variable is ELF_<FIELD>).
@@ -87,7 +87,7 @@ def settings_message(exc: ValidationError) -> str:
 
 def check(settings: Settings) -> None:
     """What the server would fail on at start-up, checked here to fail in one line."""
-    requested_providers(settings.providers, settings.cuda_device_id)
+    requested_providers(settings)
     find_manifests(settings)
 
 

@@ -20,7 +20,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.api.openapi import CLASSIFY_BODY, error_responses
-from server.models import ExitMode
+from server.registry import ExitMode
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from server.api.classify_route import (
     parse_query,
 )
 from server.api.openapi import error_responses
-from server.models import ServedModel
 from server.preprocess import InputError
+from server.registry import ServedModel
 from server.schemas.v1 import (
     ClassifyResponse,
     ExitDetail,
@@ -153,6 +153,7 @@ def summary(model: ServedModel, default: str) -> ModelSummary:
         num_exits=model.num_exits,
         providers=model.providers,
         device=model.runner.device,
+        warnings=model.warnings,
         thresholds=list(model.thresholds),
     )
 

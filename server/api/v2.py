@@ -33,8 +33,8 @@ from server.api.v2_binary import (
     infer_response,
     read_infer_request,
 )
-from server.models import ServedModel, UnknownModelError
 from server.preprocess import InputError, tensor_input
+from server.registry import ServedModel, UnknownModelError
 from server.schemas.v2 import (
     InferenceRequest,
     InferenceResponse,
