@@ -1,8 +1,22 @@
-"""Prometheus metrics (DESIGN.md "Metrics"): one registry per app, base units, low cardinality."""
+"""Prometheus metrics (DESIGN.md "Metrics"): one registry per app, base units, low cardinality.
+
+With several worker processes (PROMETHEUS_MULTIPROC_DIR set before prometheus_client is imported;
+`elf-serve --workers N` does it), every worker writes its values to files in that directory and
+/metrics renders all of them with prometheus_client's MultiProcessCollector: counters and
+histograms are summed over the workers (live and exited); each gauge states its aggregation
+(`multiprocess_mode`, ignored in a single process):
+  elf_queue_depth        livesum  images waiting in all live workers together
+  elf_exit_threshold     liveall  one series per live worker (label pid): shows a worker that
+                                  has not caught up with the state directory
+  elf_model_info         livemax  1 while any live worker serves the model
+"""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from prometheus_client import (
@@ -12,7 +26,35 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def prepare_multiprocess(workers: int) -> Path | None:
+    """Before the workers start: point PROMETHEUS_MULTIPROC_DIR at an empty directory.
+
+    A directory the operator set is emptied of its *.db files (prometheus_client requires a
+    clean directory per run); otherwise, with several workers, a temporary one is made and
+    returned (the caller removes it at exit). One worker without the variable: nothing to do.
+    """
+    given = multiprocess_dir()
+    if given is not None:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        for old in Path(given).glob("*.db"):
+            old.unlink()
+        return None
+    if workers <= 1:
+        return None
+    made = Path(tempfile.mkdtemp(prefix="elf-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(made)
+    return made
+
 
 # Seconds, from 50 us: a small model's stage runs in well under a millisecond.
 LATENCY_BUCKETS = (
@@ -99,13 +141,18 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "elf_queue_depth", "Images waiting in the batcher (all stages)", ["model"], registry=r
+            "elf_queue_depth",
+            "Images waiting in the batcher (all stages)",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.exit_threshold = Gauge(
             "elf_exit_threshold",
             "Current default confidence threshold per exit",
             ["model", "exit"],
             registry=r,
+            multiprocess_mode="liveall",
         )
         self.rejected = Counter(
             "elf_rejected", "Requests refused, by reason", ["reason"], registry=r
@@ -115,6 +162,7 @@ class Metrics:
             "Loaded models (value 1)",
             ["model", "version", "providers"],
             registry=r,
+            multiprocess_mode="livemax",
         )
 
     def child(self, metric: M, *values: str) -> M:
@@ -140,4 +188,17 @@ class Metrics:
         self.child(self.flops_full, model).inc(flops_full)
 
     def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """This app's registry, or every worker's values in multiprocess mode."""
+        path = multiprocess_dir()
+        if path is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=path)
+        return generate_latest(merged), CONTENT_TYPE_LATEST
+
+    @staticmethod
+    def process_exited() -> None:
+        """Drop this worker's live gauges from the shared files (its counters stay summed)."""
+        path = multiprocess_dir()
+        if path is not None:
+            multiprocess.mark_process_dead(os.getpid(), path)
