@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from model_export.agreement_run import measure_agreement
 from model_export.build import (
     build_manifest,
     check_destination,
@@ -149,6 +150,7 @@ def export_model(
         )
         write_manifest(manifest, tmp)
         load_manifest(tmp)  # validates and checks every sha256 as the server will
+        measure_agreement(tmp, splits, cfg.device, cfg.batch_size, cfg.progress)
         move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -196,4 +198,5 @@ def recalibrate(
     tmp = model_dir / (MANIFEST_FILE + ".tmp")
     tmp.write_text(updated.model_dump_json(indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, model_dir / MANIFEST_FILE)
+    measure_agreement(model_dir, splits, device, batch_size, progress)  # new thresholds
     return updated, outcome

@@ -9,6 +9,8 @@ histograms are summed over the workers (live and exited); each gauge states its 
   elf_exit_threshold     liveall  one series per live worker (label pid): shows a worker that
                                   has not caught up with the state directory
   elf_model_info         livemax  1 while any live worker serves the model
+  elf_audit_expected_agreement  livemax  a property of the model directory, the same everywhere
+  elf_operating_point_*  liveall  one series per live worker (each runs its own controller)
 """
 
 from __future__ import annotations
@@ -163,6 +165,64 @@ class Metrics:
             ["model", "version", "providers"],
             registry=r,
             multiprocess_mode="livemax",
+        )
+
+        self._audit_and_controller(r)
+
+    def _audit_and_controller(self, r: CollectorRegistry) -> None:
+        # server/batching/audit.py: early answers finished at full depth on spare capacity.
+        self.audit_images = Counter(
+            "elf_audit_images",
+            "Early-exited images finished at the final exit to audit them, by exit taken",
+            ["model", "exit"],
+            registry=r,
+        )
+        self.audit_agree = Counter(
+            "elf_audit_agree",
+            "Audited images whose early answer equals the final exit's class",
+            ["model", "exit"],
+            registry=r,
+        )
+        self.audit_dropped = Counter(
+            "elf_audit_dropped",
+            "Images chosen for audit and dropped (full, stale, shutdown, error)",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.audit_expected = Gauge(
+            "elf_audit_expected_agreement",
+            "Agreement of each exit with the final exit on the validation split (export time)",
+            ["model", "exit"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        # server/batching/controller.py: the load-adaptive operating point.
+        self.point_accuracy = Gauge(
+            "elf_operating_point_accuracy",
+            "Validation balanced top-1 of the default thresholds in use (0..1)",
+            ["model"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.point_flops = Gauge(
+            "elf_operating_point_flops_ratio",
+            "Validation FLOPs ratio (executed / full) of the default thresholds in use",
+            ["model"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.point_at_floor = Gauge(
+            "elf_operating_point_at_floor",
+            "1 when the controller is at its cheapest allowed point (ELF_MIN_ACCURACY)",
+            ["model"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.point_moves = Counter(
+            "elf_operating_point_moves",
+            "Moves of the default thresholds by the load controller, by direction",
+            ["model", "direction"],
+            registry=r,
         )
 
     def child(self, metric: M, *values: str) -> M:
