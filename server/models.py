@@ -11,8 +11,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from model_export.agreement import Agreement, load_agreement
-from model_export.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
+from model_export.manifest import (
+    MANIFEST_FILE,
+    Agreement,
+    Manifest,
+    ManifestError,
+    load_agreement,
+    load_manifest,
+)
 from server.batching.audit import Auditor
 from server.batching.batcher import Batcher
 from server.engine.runner import OnnxStageRunner
