@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Response
 from starlette.concurrency import run_in_threadpool
 
+from server.adaptive import start_controller
 from server.api import admin, v1, v2
 from server.api.errors import install_error_handlers
 from server.api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
@@ -32,6 +33,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.state_dir is not None:
             state.store = ThresholdStore(settings.state_dir)
             follow_overrides(state.store, state.registry, state.metrics)
+        for model in state.registry.models.values():
+            start_controller(model, settings, state.metrics)
         state.ready = True
         try:
             yield

@@ -21,6 +21,7 @@ from model_export.manifest import (
 )
 from server.batching.audit import Auditor
 from server.batching.batcher import Batcher
+from server.batching.controller import ControllerThread
 from server.engine.runner import OnnxStageRunner
 from server.engine.sessions import load_stage_sessions
 from server.metrics import Metrics
@@ -45,6 +46,7 @@ class ServedModel:
     curve: Any | None  # calibration.json, as exported
     thresholds: tuple[float, ...]  # current defaults, K values (the last is 0)
     agreement: Agreement | None = None  # agreement.json: expected agreement per exit
+    controller: ControllerThread | None = None  # ELF_LATENCY_TARGET_MS (server/adaptive.py)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -101,6 +103,8 @@ class ModelRegistry:
 
     def stop(self, timeout_s: float | None = None) -> None:
         for model in self.models.values():
+            if model.controller is not None:
+                model.controller.stop()
             model.batcher.stop(timeout_s)
 
 

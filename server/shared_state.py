@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from server.adaptive import rebase
 from server.metrics import Metrics
 from server.models import ModelRegistry
 
@@ -153,6 +154,7 @@ def follow_overrides(store: ThresholdStore, registry: ModelRegistry, metrics: Me
             return
         previous = model.set_thresholds(thresholds)
         metrics.set_thresholds(name, model.thresholds)
+        rebase(model, metrics)  # the load controller starts again from the new base
         log.info("%s: thresholds %s -> %s (state directory)", name, list(previous), thresholds)
 
     store.follow(apply)

@@ -13,6 +13,7 @@ import logging
 
 from fastapi import APIRouter, Depends, Request
 
+from server.adaptive import rebase
 from server.api.errors import ApiError
 from server.api.v1 import StateDep
 from server.schemas.v1 import ThresholdsChanged, ThresholdsUpdate
@@ -71,6 +72,7 @@ async def set_thresholds(name: str, body: ThresholdsUpdate, state: StateDep) -> 
                 "state_dir",
             ) from exc
     state.metrics.set_thresholds(model.name, model.thresholds)
+    rebase(model, state.metrics)  # the load controller starts again from the new base
     log.info("%s: thresholds %s -> %s", model.name, list(previous), list(model.thresholds))
     return ThresholdsChanged(
         model=model.name, thresholds=list(model.thresholds), previous=list(previous)

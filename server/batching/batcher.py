@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from server.batching.audit import Auditor
+from server.batching.controller import DelayWindow
 from server.batching.rows import (
     Part,
     QueueFullError,
@@ -62,6 +63,7 @@ class Batcher:
     ) -> None:
         self.executor = executor
         self.audit = audit
+        self.delays: DelayWindow | None = None  # the load controller's input, when it runs
         self.num_stages = executor.num_stages
         self.max_batch_size = max_batch_size
         self.delay = max_queue_delay_s
@@ -282,8 +284,11 @@ class Batcher:
             row.answered = True
             if not row.cancelled:
                 by_loop.setdefault(row.loop, []).append((row.future, value))
-            if waited is not None and isinstance(value, RowResult):
-                waited.observe(value.queue_s)
+            if isinstance(value, RowResult):
+                if waited is not None:
+                    waited.observe(value.queue_s)
+                if self.delays is not None:
+                    self.delays.observe(value.queue_s)
         with self._cond:  # before the answers are visible: a client may resubmit at once
             self._admitted -= len(answers)
             # The batch's compute is over: a row submitted from here on meets an idle worker

@@ -27,6 +27,7 @@ ALERTS = {
     "ElfReplicaDown",
     "ElfNoReplica",
     "ElfAuditAgreementLow",
+    "ElfOperatingPointAtFloor",
 }
 
 
@@ -194,6 +195,26 @@ def _audit_drift() -> dict[str, Any]:
     }
 
 
+def _at_floor() -> dict[str, Any]:
+    """Worker a sits at the floor for 20 minutes, worker b leaves it after 3."""
+    name = "ElfOperatingPointAtFloor"
+    return {
+        "interval": "1m",
+        "input_series": [
+            _series('elf_operating_point_at_floor{model="m",instance="a",pid="1"}', "0 1+0x20"),
+            _series('elf_operating_point_at_floor{model="m",instance="b",pid="2"}', "0 1 1 1 0x17"),
+        ],
+        "alert_rule_test": [
+            {"eval_time": "4m", "alertname": name, "exp_alerts": []},
+            {
+                "eval_time": "15m",
+                "alertname": name,
+                "exp_alerts": [{"exp_labels": {"severity": "warn", "model": "m", "instance": "a"}}],
+            },
+        ],
+    }
+
+
 @pytest.fixture
 def bare_rules(tmp_path: Path) -> Path:
     rules = load_rules()
@@ -214,6 +235,7 @@ def test_alerts_fire_on_trouble_and_not_on_healthy_traffic(bare_rules: Path) -> 
             _broken(),
             _exit_shift(),
             _audit_drift(),
+            _at_floor(),
         ],
     }
     spec = bare_rules.parent / "rules_test.yml"
