@@ -229,3 +229,43 @@ def write_manifest(manifest: Manifest, model_dir: str | Path) -> Path:
     path = Path(model_dir) / MANIFEST_FILE
     path.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return path
+
+
+# agreement.json (optional): the reference of the server's online audit; computed by
+# elf_core/agreement.py.
+AGREEMENT_FILE = "agreement.json"
+
+
+class ExitAgreement(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    exit: int = Field(ge=0)
+    exited: int = Field(ge=0)  # validation images that left at this exit
+    agree: int = Field(ge=0)  # of those, same class as the final exit
+    agreement: float | None = Field(ge=0.0, le=1.0)  # agree / exited; None when none left here
+
+
+class Agreement(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    split: str
+    images: int = Field(gt=0)
+    thresholds: list[float]  # the operating point it was measured at ([K], last 0)
+    exits: list[ExitAgreement]  # the auxiliary exits 0..K-2
+
+
+def write_agreement(agreement: Agreement, model_dir: Path) -> Path:
+    path = model_dir / AGREEMENT_FILE
+    path.write_text(agreement.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_agreement(model_dir: Path) -> Agreement | None:
+    """agreement.json of a model directory; None when it has none; ValueError names a bad one."""
+    path = model_dir / AGREEMENT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return Agreement.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a valid agreement file ({exc})") from exc

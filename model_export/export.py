@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +34,7 @@ from elf_core.manifest import (
     write_manifest,
 )
 from elf_core.providers import Provider
+from model_export.agreement_run import measure_agreement
 from model_export.build import (
     check_destination,
     move_into_place,
@@ -163,7 +164,13 @@ def export_checkpoint(checkpoint: Path, cfg: ExportConfig) -> ExportResult:
     x = normalize(splits.val.batch(torch.arange(n)).numpy(), splits.mean, splits.std)
     step = validation_calibration(splits, cfg, model_name(cfg), providers)
     extra = {CONFIG_FILE: json.dumps(config, indent=1) + "\n"}
-    return export_model(net, card, cfg, parity_inputs=x, calibrate=step, extra_files=extra)
+
+    def agreement(model_dir: Path) -> object:
+        return measure_agreement(model_dir, splits, cfg.device, cfg.batch_size, cfg.progress)
+
+    return export_model(
+        net, card, cfg, parity_inputs=x, calibrate=step, extra_files=extra, after_manifest=agreement
+    )
 
 
 def model_name(cfg: ExportConfig) -> str:
@@ -179,10 +186,12 @@ def export_model(
     calibrate: CalibrationStep,
     relative_parity: bool = False,
     extra_files: dict[str, str] | None = None,
+    after_manifest: Callable[[Path], object] | None = None,
 ) -> ExportResult:
     """Export `net` into cfg.out: stage graphs and full.onnx, checked (ONNX checker, batch sizes,
     parity with torch on `parity_inputs`, normalized [N, C, H, W], FLOPs cross-check), then
-    calibrated by `calibrate`, with the manifest written and loaded back, all in a staging
+    calibrated by `calibrate`, with the manifest written and loaded back (then `after_manifest`
+    on the staged directory), all in a staging
     directory that replaces cfg.out only when everything passed."""
     out = cfg.out.resolve()
     name = model_name(cfg)
@@ -223,6 +232,8 @@ def export_model(
         )
         write_manifest(manifest, tmp)
         load_manifest(tmp)  # validates and checks every sha256 as the server will
+        if after_manifest is not None:  # e.g. agreement.json, which reads the manifest
+            after_manifest(tmp)
         move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -270,4 +281,5 @@ def recalibrate(
     tmp = model_dir / (MANIFEST_FILE + ".tmp")
     tmp.write_text(updated.model_dump_json(indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, model_dir / MANIFEST_FILE)
+    measure_agreement(model_dir, splits, device, batch_size, progress)  # new thresholds
     return updated, outcome
