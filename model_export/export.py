@@ -84,8 +84,10 @@ def export_checkpoint(checkpoint: Path, cfg: ExportConfig) -> ExportResult:
     net, config = load_model(checkpoint)
     splits = build_splits(load_train_config(config).data)
     command = cfg.command
-    if state.get("command"):
-        command = f"train: {state['command']}; export: {cfg.command}"
+    # elf-train records its command line in the checkpoint (and in its config since then).
+    train_command = state.get("command") or config.get("command")
+    if train_command:
+        command = f"train: {train_command}; export: {cfg.command}"
     epochs = int(state.get("epoch", config.get("epochs", 0)))
     commit = str(state["commit"]) if state.get("commit") else None
     return export_model(net, config, splits, cfg, epochs=epochs, command=command, commit=commit)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from model_export.build import git_commit
 from model_export.calibration import calibrate
 from training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint, unwrap
 from training.config import TrainConfig, to_dict
@@ -137,6 +138,8 @@ def _finish(run: _Run) -> dict[str, Any]:
         "arch": cfg.model.arch,
         "epochs": cfg.epochs,
         "seed": cfg.seed,
+        "command": cfg.command,
+        "commit": git_commit(),
         **metrics,
     }
     (cfg.out / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
@@ -238,6 +241,8 @@ def _run(
     ddp = wrap_model(model, info, device, find_unused=False)
     loss_fn = MultiExitLoss(cfg.loss, splits.train_class_counts, model.num_exits, cfg.epochs)
     extra = {"data_info": _data_info(splits), "stage_flops": [list(s) for s in per_stage]}
+    # Provenance for the export's manifest: how this run was started, and from which code.
+    extra |= {"command": cfg.command, "commit": git_commit()}
     for epoch in range(start, cfg.epochs):
         loss_fn.set_epoch(epoch)
         record = _train_epoch(run, ddp, loss_fn, (optimizer, scheduler), epoch=epoch, info=info)
@@ -274,8 +279,9 @@ def _maybe_resume(
     unwrap(model).load_state_dict(state["model"])
     opt[0].load_state_dict(state["optimizer"])
     opt[1].load_state_dict(state["scheduler"])
-    saved = {k: v for k, v in state["config"].items() if k not in ("resume", "progress", "epochs")}
-    now = {k: v for k, v in to_dict(cfg).items() if k not in ("resume", "progress", "epochs")}
+    ignored = ("resume", "progress", "epochs", "command")
+    saved = {k: v for k, v in state["config"].items() if k not in ignored}
+    now = {k: v for k, v in to_dict(cfg).items() if k not in ignored}
     if saved != now:
         log.warning("resuming %s with a different config than it was saved with", path)
     log.info("resumed from %s after epoch %d", path, state["epoch"])

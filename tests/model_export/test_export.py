@@ -59,7 +59,10 @@ def test_model_dir_contents_and_manifest(exported: Exported) -> None:
     )
     assert m.provenance.dataset == splits.name and m.provenance.architecture == "resnet8"
     assert (m.provenance.method, m.provenance.loss, m.provenance.epochs) == ("elf", "ce", 1)
-    assert m.provenance.command is not None and "--checkpoint" in m.provenance.command
+    train, export = (m.provenance.command or "").split("; export: ")
+    assert train == f"train: {exported.config.command}"
+    assert export.startswith("elf-export --checkpoint ") and "--version 0.1" in export
+    assert json.loads((d / "config.json").read_text())["command"] == exported.config.command
     # Tensor specs: dim 0 symbolic, the rest concrete.
     assert m.stages[0].input.shape == ["batch", 1, 28, 28]
     assert m.stages[-1].features is None and m.stages[0].features is not None
