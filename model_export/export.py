@@ -67,6 +67,9 @@ class ExportConfig:
     parity_images: int = 256
     progress: bool = True
     command: str | None = None  # recorded in the manifest's provenance
+    # Tail protection (see model_export.calibration.calibrate); None: plain calibration.
+    tail_tolerance: float | None = None
+    protect_classes: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,8 @@ def export_model(
             providers=providers,
             batch_size=cfg.batch_size,
             progress=cfg.progress,
+            tail_tolerance=cfg.tail_tolerance,
+            protect_classes=cfg.protect_classes,
         )
         write_curve(outcome, tmp)
         write_plot(outcome, tmp, name)
@@ -165,9 +170,13 @@ def recalibrate(
     device: str = "cpu",
     batch_size: int = 256,
     progress: bool = True,
+    *,
+    tail_tolerance: float | None = None,
+    protect_classes: tuple[int, ...] | None = None,
 ) -> tuple[Manifest, CalibrationOutcome]:
     """Choose new thresholds for an existing model directory (same graphs, same validation split)
-    and rewrite calibration.json/.png and the manifest's thresholds and calibration."""
+    and rewrite calibration.json/.png and the manifest's thresholds and calibration; with
+    `tail_tolerance`, tail-protected (see model_export.calibration.calibrate)."""
     manifest = load_manifest(model_dir)
     config_path = model_dir / CONFIG_FILE
     if not config_path.is_file():
@@ -183,6 +192,8 @@ def recalibrate(
         providers=providers_for(device),
         batch_size=batch_size,
         progress=progress,
+        tail_tolerance=tail_tolerance,
+        protect_classes=protect_classes,
     )
     exits = exit_specs(outcome.val.chosen.thresholds, outcome.cumulative_flops)
     updated = Manifest.model_validate(

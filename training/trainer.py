@@ -240,7 +240,10 @@ def _run(
     start = _maybe_resume(cfg, model, (optimizer, scheduler), device, info)
     ddp = wrap_model(model, info, device, find_unused=False)
     loss_fn = MultiExitLoss(cfg.loss, splits.train_class_counts, model.num_exits, cfg.epochs)
-    extra = {"data_info": _data_info(splits), "stage_flops": [list(s) for s in per_stage]}
+    extra: dict[str, Any] = {
+        "data_info": _data_info(splits),
+        "stage_flops": [list(s) for s in per_stage],
+    }
     # Provenance for the export's manifest: how this run was started, and from which code.
     extra |= {"command": cfg.command, "commit": git_commit()}
     for epoch in range(start, cfg.epochs):
