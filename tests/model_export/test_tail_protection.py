@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -77,7 +78,7 @@ def test_a_loose_tail_tolerance_changes_nothing() -> None:
 
 def test_named_classes_are_protected_instead_of_the_tail_third() -> None:
     probs, labels = _problem()
-    kw = {"tolerance": 0.1, "train_class_counts": COUNTS, "tail_tolerance": 0.05}
+    kw: dict[str, Any] = {"tolerance": 0.1, "train_class_counts": COUNTS, "tail_tolerance": 0.05}
     head = calibrate(probs, labels, CUM, protect_classes=[1, 0], **kw)
     assert head.protection is not None and head.protection.classes == (0, 1)
     assert head.protection.named
@@ -96,7 +97,7 @@ def test_coordinate_descent_beyond_three_exits_honours_the_tail(
     useless = _probs((labels + 2) % C, np.full(labels.size, 0.99))  # confident and always wrong
     probs4 = [probs[0], useless, probs[0], probs[1]]
     cum = [0.4, 0.5, 0.6, 1.0]
-    kw = {"tolerance": 0.1, "train_class_counts": COUNTS, "tail_tolerance": 0.1}
+    kw: dict[str, Any] = {"tolerance": 0.1, "train_class_counts": COUNTS, "tail_tolerance": 0.1}
     greedy = calibrate(probs4, labels, cum, **kw)
     assert greedy.chosen.tail_accuracy == pytest.approx(1.0)
     assert greedy.chosen.flops_ratio == pytest.approx(4 / 6 * 0.4 + 2 / 6)
