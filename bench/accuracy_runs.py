@@ -125,7 +125,12 @@ def from_run(
 
 
 def write_result(results_dir: Path, result: dict[str, Any]) -> Path:
+    """Write (or keep: an unchanged result is not rewritten, so collecting again is no diff)."""
     path = result_path(results_dir, result["row"], result["seed"])
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if {**old, "collected": None} == {**result, "collected": None}:
+            return path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     return path

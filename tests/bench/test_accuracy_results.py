@@ -116,6 +116,12 @@ def test_report_is_built_from_the_result_files(collected: tuple[Path, Path]) -> 
     # What is missing, with the command that makes it; finished pairs are not listed.
     missing = "- `elf-bs` seeds [2]: `python -m bench.accuracy --epochs 30 --seeds 2 --rows elf-bs"
     assert missing in md and "- `standard-bs` seeds [0, 1]:" in md
+    # Collecting again rewrites nothing that did not change.
+    stamp = (results / "elf-bs-s0.json").stat().st_mtime_ns
+    assert accuracy.main(["collect", "--runs-dir", str(results.parent / "runs"),
+                          "--results-dir", str(results), "--report", str(stem),
+                          "--train-commit", "abc1234"]) == 0  # fmt: skip
+    assert (results / "elf-bs-s0.json").stat().st_mtime_ns == stamp
     # The report needs only the files: deleting the runs and rebuilding gives the same tables.
     before = stem.with_suffix(".json").read_text()
     argv = ["report", "--results-dir", str(results), "--report", str(stem)]
