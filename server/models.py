@@ -50,6 +50,12 @@ class ServedModel:
     def providers(self) -> list[str]:
         return self.runner.stages.providers
 
+    @property
+    def warnings(self) -> list[str]:
+        """What an operator must know about where the model runs (a CPU fallback)."""
+        warning = self.runner.stages.warning
+        return [warning] if warning else []
+
     def row_thresholds(self, threshold: float | None, mode: ExitMode) -> np.ndarray:
         """Per-exit thresholds for one request: [K] float64 (the last exit always answers)."""
         k = self.num_exits
@@ -121,8 +127,8 @@ def load_curve(model_dir: Path, manifest: Manifest) -> Any | None:
 
 def load_model(model_dir: Path, settings: Settings, metrics: Metrics) -> ServedModel:
     manifest = load_manifest(model_dir)
-    runner = OnnxStageRunner(manifest, load_stage_sessions(manifest, model_dir, settings))
     b = settings.max_batch_size
+    runner = OnnxStageRunner(manifest, load_stage_sessions(manifest, model_dir, settings), b)
     runner.warm_up(list(range(1, b + 1)) if settings.warmup_all_batch_sizes else sorted({1, b}))
     batcher = Batcher(
         runner,

@@ -145,6 +145,7 @@ def summary(model: ServedModel, default: str) -> ModelSummary:
         num_exits=model.num_exits,
         providers=model.providers,
         device=model.runner.device,
+        warnings=model.warnings,
         thresholds=list(model.thresholds),
     )
 
