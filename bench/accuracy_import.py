@@ -53,17 +53,17 @@ def model_tail_protected(model_dir: Path, tolerance: float = 0.005) -> list[dict
     """tail_protected() of an exported model directory: its ONNX stages run over the validation
     and test splits its config.json rebuilds."""
     # Imported here: onnxruntime and the data pipeline are only needed for this step.
+    from elf_core.accuracy import class_groups  # noqa: PLC0415
+    from elf_core.manifest import load_manifest  # noqa: PLC0415
     from model_export.calibrate_run import split_probs  # noqa: PLC0415
-    from model_export.manifest import load_manifest  # noqa: PLC0415
-    from model_export.runtime import StageRunner  # noqa: PLC0415
+    from model_export.runtime import StageChain  # noqa: PLC0415
     from training.checkpoint import load_train_config  # noqa: PLC0415
     from training.data import build_splits  # noqa: PLC0415
-    from training.evaluate import class_groups  # noqa: PLC0415
 
     manifest = load_manifest(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
     splits = build_splits(load_train_config(config).data)
-    runner = StageRunner([model_dir / s.file for s in manifest.stages], ("CPUExecutionProvider",))
+    runner = StageChain([model_dir / s.file for s in manifest.stages], ("CPUExecutionProvider",))
     kw = {"batch_size": 500, "progress": False}
     val = split_probs(runner, splits.val, splits, desc="validation", **kw)  # type: ignore[arg-type]
     test = split_probs(runner, splits.test, splits, desc="test", **kw)  # type: ignore[arg-type]

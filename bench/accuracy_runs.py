@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from model_export.calibration import calibrate
+from elf_core.calibration import calibrate
 from training.evaluate import operating_point
 
 log = logging.getLogger("bench.accuracy")

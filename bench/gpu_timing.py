@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.gpu_tools import gpu_memory_used_mib, random_batches
-from model_export.manifest import load_manifest
+from elf_core.manifest import load_manifest
 from server.engine.providers import session_options
 from server.engine.runner import OnnxStageRunner
 from server.engine.sessions import load_stage_sessions

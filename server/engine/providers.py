@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from elf_core.providers import CPU, CUDA, ProviderError, ProviderList, select_providers
 from server.settings import Settings
 
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
 # Session config key (onnxruntime_session_options_config_keys.h): nodes that the listed providers
 # cannot run fail session creation instead of landing on an implicit CPU provider.
 DISABLE_CPU_FALLBACK = "session.disable_cpu_ep_fallback"
 WARNING_SEVERITY, ERROR_SEVERITY = 2, 3  # ORT log severities
-
-ProviderList = list[str | tuple[str, dict[str, Any]]]
 
 
 class EngineError(RuntimeError):
@@ -51,17 +47,15 @@ def requested_providers(settings: Settings, available: list[str] | None = None) 
     With ELF_CUDA_CPU_FALLBACK=false only CUDA is listed (see `session_options`).
     """
     available = ort.get_available_providers() if available is None else available
-    if settings.providers == "cpu":
-        return [CPU]
-    if CUDA in available:
-        cuda = (CUDA, cuda_provider_options(settings))
-        return [cuda, CPU] if settings.cuda_cpu_fallback else [cuda]
-    if settings.providers == "cuda":
-        raise EngineError(
-            f"ELF_PROVIDERS=cuda but this onnxruntime has no {CUDA} "
-            f"(available: {', '.join(available)}); install onnxruntime-gpu or use auto/cpu"
+    try:
+        return select_providers(
+            settings.providers,
+            available,
+            cuda_options=cuda_provider_options(settings),
+            cpu_fallback=settings.cuda_cpu_fallback,
         )
-    return [CPU]
+    except ProviderError as exc:
+        raise EngineError(f"ELF_PROVIDERS={exc}") from None
 
 
 def wants_cuda(requested: ProviderList) -> bool:

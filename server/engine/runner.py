@@ -13,13 +13,15 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from model_export.manifest import Manifest
+from elf_core.manifest import Manifest
 from server.engine.onnx_bytes import merge_rows_model
 from server.engine.sessions import EngineError, StageSessions, session_options
 
 log = logging.getLogger(__name__)
 
-Part = tuple[ort.OrtValue, np.ndarray]  # (features [b, ...] on the device, rows to keep int64 [m])
+# (features [b, ...] on the device, the rows of it to keep int64 [m]); the batcher queues these
+# inside its `Part`s.
+FeatureRows = tuple[ort.OrtValue, np.ndarray]
 
 
 class OnnxStageRunner:
@@ -70,7 +72,7 @@ class OnnxStageRunner:
         logits = np.asarray(outputs[-1].numpy(), dtype=np.float32)
         return (outputs[0] if spec.features is not None else None), logits
 
-    def merge(self, parts: Sequence[Part]) -> ort.OrtValue:
+    def merge(self, parts: Sequence[FeatureRows]) -> ort.OrtValue:
         """Keep rows[i] of each part and concatenate, on the device: [sum m_i, ...]."""
         if len(parts) == 1:
             handle, rows = parts[0]
@@ -78,7 +80,7 @@ class OnnxStageRunner:
                 return handle  # nothing exited and nothing to join: no copy
         return self._run_merge(parts)
 
-    def _run_merge(self, parts: Sequence[Part]) -> ort.OrtValue:
+    def _run_merge(self, parts: Sequence[FeatureRows]) -> ort.OrtValue:
         if len(parts) > self.merge_arity:  # more parts than the graph has inputs: join in groups
             n = self.merge_arity
             joined = [self._run_merge(parts[i : i + n]) for i in range(0, len(parts), n)]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from model_export.manifest import Manifest
+from elf_core.manifest import Manifest
 from server.engine.providers import (
     CPU,
     CUDA,

@@ -12,7 +12,7 @@ import pytest
 from bench import accuracy
 from bench.accuracy_import import from_summary
 from bench.accuracy_runs import SCHEMA, load_results
-from tests.model_export.test_tail_protection import COUNTS, _problem
+from tests.elf_core.test_tail_protection import COUNTS, _problem
 
 GROUPS = {"head": [0, 1], "middle": [2, 3], "tail": [4, 5]}
 FLOPS = {"per_stage": [[40, 0], [60, 0]], "cumulative": [40, 100], "full": 100}

@@ -15,8 +15,9 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from elf_core.flops import full_flops
+from elf_core.manifest import ManifestError, load_manifest
 from model_export.cli import main
-from model_export.manifest import ManifestError, load_manifest
 from model_export.runtime import normalize
 from model_export.verify import PARITY_ATOL
 from server.app import create_app
@@ -24,7 +25,7 @@ from tests.model_export.conftest import Exported
 from tests.server.conftest import make_settings
 from training.checkpoint import load_model
 from training.data import build_splits
-from training.flops import full_flops, stage_flops
+from training.flops import stage_flops
 
 
 def _sessions(model_dir: Path) -> tuple[list[ort.InferenceSession], ort.InferenceSession]:

@@ -11,12 +11,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from model_export.manifest import ManifestError, load_manifest
+from elf_core.manifest import ManifestError, load_manifest
 from server.engine.onnx_bytes import merge_rows_model
 from server.engine.runner import OnnxStageRunner
 from server.engine.sessions import EngineError, load_stage_sessions
 from server.metrics import Metrics
-from server.models import find_model_dirs, load_models
+from server.registry import find_model_dirs, load_models
 from tests.server.conftest import make_settings
 from tests.server.tiny_model import build_tiny_model, normalise
 

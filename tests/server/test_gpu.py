@@ -18,8 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bench.gpu_tools import forbid_host_copies, gpu_memory_used_mib, random_batches
-from model_export.calibration import early_exit, softmax
-from model_export.manifest import load_manifest
+from elf_core.exits import early_exit, softmax
+from elf_core.manifest import load_manifest
 from server.app import create_app
 from server.engine.providers import node_providers, probe_cuda
 from server.engine.runner import OnnxStageRunner

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
-from model_export.manifest import load_manifest
+from elf_core.manifest import load_manifest
 from server.app import create_app
 from server.engine.providers import (
     CPU,

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from model_export import calibration as cal
-from model_export.calibration import CalibrationError, calibrate
-from model_export.cli import main
+from elf_core import calibration as cal
+from elf_core.calibration import CalibrationError, calibrate
 
 C, N = 6, 20  # classes 4 and 5 are the tail (the last third by training count)
 COUNTS = [600, 500, 400, 300, 20, 10]
@@ -116,21 +114,3 @@ def test_bad_protection_arguments_fail_with_the_reason() -> None:
         calibrate(probs, labels, CUM, tail_tolerance=0.1)  # no tail known, none named
     with pytest.raises(ValueError, match="tail_tolerance must be in"):
         calibrate(probs, labels, CUM, tail_tolerance=2.0, train_class_counts=COUNTS)
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--protect-classes", "7,8"], "--protect-classes needs --tail-tolerance"),
-        (["--tail-tolerance", "0.01", "--protect-classes", "a,b"], "class indices separated"),
-        (["--tail-tolerance", "0.01", "--protect-classes", "-1"], "must be >= 0"),
-        (["--tail-tolerance", "3"], "must be in [0, 1]"),
-    ],
-)
-def test_cli_checks_protection_arguments(
-    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(["calibrate", "--model-dir", str(tmp_path), *args])
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err

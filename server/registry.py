@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from model_export.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
+from elf_core.exits import check_thresholds, exit_thresholds
+from elf_core.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
 from server.batching.batcher import Batcher
 from server.engine.runner import OnnxStageRunner
 from server.engine.sessions import load_stage_sessions
@@ -60,24 +61,19 @@ class ServedModel:
         """Per-exit thresholds for one request: [K] float64 (the last exit always answers)."""
         k = self.num_exits
         if mode == "final":
-            t = np.full(k, np.inf)
-        elif threshold is not None:
-            t = np.full(k, threshold, dtype=np.float64)
-        else:
-            t = np.asarray(self.thresholds, dtype=np.float64)
-        t[-1] = 0.0
-        return t
+            return exit_thresholds([np.inf] * (k - 1), k)
+        if threshold is not None:
+            return exit_thresholds([threshold] * (k - 1), k)
+        return exit_thresholds(self.thresholds, k)
 
     def set_thresholds(self, values: list[float]) -> tuple[float, ...]:
         """Accept K-1 (auxiliary exits) or K values (then the last must be 0); return the old."""
         k = self.num_exits
-        if len(values) not in (k - 1, k) or not values:
-            raise InputError(f"{self.name} has {k} exits: send {k - 1} or {k} thresholds")
-        if any(not 0.0 <= v <= 1.0 for v in values):
-            raise InputError(f"thresholds must lie in [0, 1], got {values}")
-        if len(values) == k and values[-1] != 0.0:
-            raise InputError("the last exit always answers: its threshold must be 0")
-        new = (*values[: k - 1], 0.0)
+        try:
+            check_thresholds(values, k)
+        except ValueError as exc:
+            raise InputError(f"{self.name}: {exc}") from None
+        new = tuple(float(v) for v in exit_thresholds(values, k))
         with self._lock:
             old, self.thresholds = self.thresholds, new
         return old
