@@ -97,6 +97,8 @@ class CalibrationPoint(_Frozen):
     accuracy: Probability | None = None
     flops_ratio: Annotated[float, Field(ge=0.0)]
     exit_rates: list[Probability] = []
+    # Tail protection: mean recall over the protected classes.
+    protected_accuracy: Probability | None = None
 
 
 class Calibration(_Frozen):
@@ -110,6 +112,14 @@ class Calibration(_Frozen):
     test: CalibrationPoint | None = None
     test_final_exit_only: CalibrationPoint | None = None
     curve_file: str | None = "calibration.json"
+    # Tail protection (elf-export calibrate --tail-tolerance): `chosen` also keeps the protected
+    # classes within tail_tolerance of their best validation accuracy (protected_reference) among
+    # the points within `tolerance`; plain_chosen is what balanced accuracy alone would choose.
+    tail_tolerance: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    protected_classes: list[NonNegInt] | None = None
+    protected_reference: Probability | None = None
+    plain_chosen: CalibrationPoint | None = None
+    test_plain_chosen: CalibrationPoint | None = None
 
 
 class Provenance(_Frozen):

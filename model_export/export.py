@@ -81,6 +81,9 @@ class ExportConfig:
     parity_images: int = 256
     progress: bool = True
     command: str | None = None  # recorded in the manifest's provenance
+    # Tail protection (see elf_core.calibration.calibrate); None: plain calibration.
+    tail_tolerance: float | None = None
+    protect_classes: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,8 @@ def validation_calibration(
             providers=providers,
             batch_size=cfg.batch_size,
             progress=cfg.progress,
+            tail_tolerance=cfg.tail_tolerance,
+            protect_classes=cfg.protect_classes,
         )
         write_curve(outcome, model_dir)
         write_plot(outcome, model_dir, name)
@@ -149,8 +154,10 @@ def export_checkpoint(checkpoint: Path, cfg: ExportConfig) -> ExportResult:
     net, config = load_model(checkpoint)
     splits = build_splits(load_train_config(config).data)
     command = cfg.command
-    if state.get("command"):
-        command = f"train: {state['command']}; export: {cfg.command}"
+    # elf-train records its command line in the checkpoint (and in its config since then).
+    train_command = state.get("command") or config.get("command")
+    if train_command:
+        command = f"train: {train_command}; export: {cfg.command}"
     epochs = int(state.get("epoch", config.get("epochs", 0)))
     commit = str(state["commit"]) if state.get("commit") else None
     card = ModelCard(
@@ -248,9 +255,13 @@ def recalibrate(
     device: str = "cpu",
     batch_size: int = 256,
     progress: bool = True,
+    *,
+    tail_tolerance: float | None = None,
+    protect_classes: tuple[int, ...] | None = None,
 ) -> tuple[Manifest, CalibrationOutcome]:
     """Choose new thresholds for an existing model directory (same graphs, same validation split)
-    and rewrite calibration.json/.png and the manifest's thresholds and calibration."""
+    and rewrite calibration.json/.png and the manifest's thresholds and calibration; with
+    `tail_tolerance`, tail-protected (see elf_core.calibration.calibrate)."""
     manifest = load_manifest(model_dir)
     config_path = model_dir / CONFIG_FILE
     if not config_path.is_file():
@@ -266,6 +277,8 @@ def recalibrate(
         providers=providers_for(device),
         batch_size=batch_size,
         progress=progress,
+        tail_tolerance=tail_tolerance,
+        protect_classes=protect_classes,
     )
     exits = exit_specs(outcome.val.chosen.thresholds, outcome.cumulative_flops)
     updated = Manifest.model_validate(
