@@ -1,7 +1,8 @@
 """elf-export: checkpoint -> model directory; `elf-export calibrate`: new thresholds for one.
 
 elf-export --checkpoint runs/x/checkpoint.pt --out models/NAME [--tolerance 0.005]
-elf-export calibrate --model-dir models/NAME [--tolerance 0.005]
+elf-export calibrate --model-dir models/NAME [--tolerance 0.005] [--tail-tolerance 0.01
+    [--protect-classes 7,8,9]]
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from elf_core.calibration import CalibrationError
 from elf_core.manifest import MODEL_NAME_PATTERN, ManifestError
 from model_export.export import ExportConfig, export_checkpoint, recalibrate
 from model_export.report import summary_table
@@ -33,6 +35,18 @@ def _tolerance(text: str) -> float:
     return value
 
 
+def _classes(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"class indices separated by commas, got {text!r}"
+        ) from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"class indices must be >= 0, got {text!r}")
+    return values
+
+
 def _name(text: str) -> str:
     if not re.fullmatch(MODEL_NAME_PATTERN, text):
         raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '.', '_', '-' only")
@@ -45,6 +59,19 @@ def _common(p: argparse.ArgumentParser) -> None:
         type=_tolerance,
         default=0.005,
         help="balanced accuracy the chosen point may lose against the best point (default 0.005)",
+    )
+    p.add_argument(
+        "--tail-tolerance",
+        type=_tolerance,
+        help="tail protection: the chosen point must also keep the tail third's (or the "
+        "--protect-classes') validation accuracy within this of their best (e.g. 0.01)",
+    )
+    p.add_argument(
+        "--protect-classes",
+        type=_classes,
+        metavar="I,J,...",
+        help="tail protection of these class indices instead of the tail third "
+        "(needs --tail-tolerance)",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="ONNX Runtime device")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch in calibration")
@@ -77,6 +104,12 @@ def calibrate_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _checked(parser: argparse.ArgumentParser, a: argparse.Namespace) -> argparse.Namespace:
+    if a.protect_classes is not None and a.tail_tolerance is None:
+        parser.error("--protect-classes needs --tail-tolerance")
+    return a
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -94,15 +127,24 @@ def _say(text: str) -> None:
 
 
 # Failures a user can act on: reported as one line naming the file, without a traceback.
-_USER_ERRORS = (ManifestError, VerificationError, DatasetError, FileExistsError, FileNotFoundError)
+_USER_ERRORS = (
+    CalibrationError,
+    ManifestError,
+    VerificationError,
+    DatasetError,
+    FileExistsError,
+    FileNotFoundError,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
         if args_list[:1] == ["calibrate"]:
-            return _calibrate(calibrate_parser().parse_args(args_list[1:]))
-        return _export(export_parser().parse_args(args_list), args_list)
+            parser = calibrate_parser()
+            return _calibrate(_checked(parser, parser.parse_args(args_list[1:])))
+        parser = export_parser()
+        return _export(_checked(parser, parser.parse_args(args_list)), args_list)
     except _USER_ERRORS as exc:
         sys.stderr.write(f"elf-export: error: {exc}\n")
         return 1
@@ -119,6 +161,8 @@ def _export(a: argparse.Namespace, argv: list[str]) -> int:
         batch_size=a.batch_size,
         progress=not a.no_progress,
         command=shlex.join(["elf-export", *argv]),
+        tail_tolerance=a.tail_tolerance,
+        protect_classes=a.protect_classes,
     )
     res = export_checkpoint(a.checkpoint, cfg)
     f = res.flops
@@ -140,7 +184,13 @@ def _export(a: argparse.Namespace, argv: list[str]) -> int:
 def _calibrate(a: argparse.Namespace) -> int:
     _setup_logging(a.verbose)
     manifest, outcome = recalibrate(
-        a.model_dir, a.tolerance, a.device, a.batch_size, progress=not a.no_progress
+        a.model_dir,
+        a.tolerance,
+        a.device,
+        a.batch_size,
+        progress=not a.no_progress,
+        tail_tolerance=a.tail_tolerance,
+        protect_classes=a.protect_classes,
     )
     _say(f"\nrecalibrated {manifest.name} in {a.model_dir}")
     _say(summary_table(outcome))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
 import traceback
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 from elf_core.manifest import ManifestError
 from server.engine.providers import EngineError, requested_providers
 from server.http_protocol import HeadCappedHttpToolsProtocol
+from server.metrics import prepare_multiprocess
 from server.registry import find_manifests
 from server.settings import Settings, unknown_variables
 
@@ -35,6 +37,7 @@ _FLAGS = {
     "max_queue_size": "images admitted per model before 503",
     "request_timeout_s": "per-request timeout (504)",
     "intra_op_threads": "ONNX Runtime threads per session (0 = CPUs / workers)",
+    "state_dir": "directory of state shared by workers and kept across restarts",
 }
 
 
@@ -131,6 +134,15 @@ def main(argv: list[str] | None = None) -> None:
     for name in unknown_variables():
         logging.getLogger("elf-serve").warning("%s is not a setting of elf-serve; ignored", name)
     signal.signal(signal.SIGTERM, _absorb_sigterm)
+    made = prepare_multiprocess(settings.workers)  # before any worker imports prometheus_client
+    try:
+        _run(args, settings)
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> None:
     uvicorn.run(
         "server.app:app_from_env",
         http=HeadCappedHttpToolsProtocol,

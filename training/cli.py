@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -165,7 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(a: argparse.Namespace) -> TrainConfig:
+def invocation(argv: Sequence[str] | None = None) -> str:
+    """The command line that started this process, shell-quoted: `argv` as elf-train's
+    arguments, or sys.argv (`python -m training.cli ...` when run as a module or under torchrun)."""
+    if argv is not None:
+        return shlex.join(["elf-train", *argv])
+    prog = Path(sys.argv[0]).name
+    head = ["python", "-m", "training.cli"] if prog in ("cli.py", "__main__.py") else [prog]
+    return shlex.join([*head, *sys.argv[1:]])
+
+
+def config_from_args(a: argparse.Namespace, command: str | None = None) -> TrainConfig:
     """The TrainConfig of parsed arguments; invalid combinations raise ValueError."""
     classifier = a.classifier
     if classifier == "auto":
@@ -198,6 +209,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         eval_thresholds=tuple(a.eval_thresholds),
         calibration_tolerance=a.calibration_tolerance, data=data, model=model, loss=loss,
         optim=optim, augment=AugmentConfig(padding=a.padding, flip=not a.no_flip),
+        command=command,
     )  # fmt: skip
 
 
@@ -208,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = args.log_level.upper() if rank == 0 else "WARNING"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = config_from_args(args)
+        cfg = config_from_args(args, invocation(argv))
     except ValueError as e:
         parser.error(str(e))
     train_main(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,16 @@ def test_bad_arguments_fail_with_the_reason(capsys: pytest.CaptureFixture[str]) 
     assert "tau_train values must lie in [0, 1]" in capsys.readouterr().err
 
 
+def test_invocation_is_the_shell_quoted_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cli.invocation(["--out", "a b", "--seed", "1"]) == "elf-train --out 'a b' --seed 1"
+    monkeypatch.setattr(sys, "argv", ["/x/training/cli.py", "--out", "r;m", "--epochs", "3"])
+    assert cli.invocation() == "python -m training.cli --out 'r;m' --epochs 3"
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/elf-train", "--out", "r"])
+    assert cli.invocation() == "elf-train --out r"
+    args = cli.build_parser().parse_args(["--out", "r"])
+    assert cli.config_from_args(args, "elf-train --out r").command == "elf-train --out r"
+
+
 @pytest.mark.integration
 def test_one_epoch_writes_every_output(image_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
@@ -49,12 +60,18 @@ def test_one_epoch_writes_every_output(image_folder: Path, tmp_path: Path) -> No
         assert (out / name).is_file(), name
     assert (out / "per_class_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cfg = load_train_config(json.loads((out / "config.json").read_text()))
+    # The run records how it was started (shell-quoted), in config.json, checkpoint and metrics.
+    assert cfg.command == shlex.join(["elf-train", *args])
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["command"] == cfg.command and state["config"]["command"] == cfg.command
+    assert len(str(state["commit"]).removesuffix("+dirty")) == 40
     assert cfg.model.num_classes == 3 and cfg.model.in_channels == 1
     assert cfg.model.classifier == "cosine"  # auto for LDAM
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert record["epoch"] == 1 and record["train_images"] == sum(TRAIN_COUNTS)
     assert sum(record["train_exit_rate"]) == pytest.approx(1.0)
     m = json.loads((out / "metrics.json").read_text())
+    assert (m["command"], m["commit"]) == (cfg.command, state["commit"])
     assert m["train_class_counts"] == list(TRAIN_COUNTS)
     assert m["groups"]["head"] == [0] and m["groups"]["tail"] == [2]
     assert m["groups"]["few"] == [0, 1, 2]  # every class has < 20 training images
