@@ -137,6 +137,10 @@ def _finish(run: _Run) -> dict[str, Any]:
         "arch": cfg.model.arch,
         "epochs": cfg.epochs,
         "seed": cfg.seed,
+        "splits": {
+            name: {"images": len(data), "source": splits.sources.get(name, "")}
+            for name, data in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+        },
         **metrics,
     }
     (cfg.out / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
