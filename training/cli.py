@@ -16,9 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from training.checkpoint import CheckpointError
+from training.cli_errors import OneLineParser, add_log_level, run_reporting_errors
 from training.config import OptimConfig, TrainConfig
-from training.data import AugmentConfig, DataConfig
+from training.data import AugmentConfig, DataConfig, DatasetError
 from training.data.config import DATASETS
+from training.data.dataset import DatasetStatsError
 from training.losses import BASE_LOSSES, METHODS, LossConfig
 from training.models import VARIANTS, ModelConfig
 from training.trainer import main as train_main
@@ -153,11 +156,11 @@ def _run_args(p: argparse.ArgumentParser) -> None:
         "calibrated point: the "
         "cheapest within this balanced accuracy of the best point (validation split)",
     )
-    _opt(g, "--log-level", "INFO", "logging level")
+    add_log_level(g)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="elf-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     for add in (_data_args, _model_args, _loss_args, _optim_args, _run_args):
@@ -201,6 +204,10 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
     )  # fmt: skip
 
 
+# Mistakes a user can fix: reported as one line naming the file or option.
+USER_ERRORS = (DatasetError, DatasetStatsError, CheckpointError, OSError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -211,8 +218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config_from_args(args)
     except ValueError as e:
         parser.error(str(e))
-    train_main(cfg)
-    return 0
+
+    def work() -> int:
+        train_main(cfg)
+        return 0
+
+    return run_reporting_errors(parser.prog, work, USER_ERRORS, args.log_level == "debug")
 
 
 if __name__ == "__main__":
