@@ -109,12 +109,14 @@ _USER_ERRORS = (ManifestError, VerificationError, DatasetError, CheckpointError,
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["calibrate"]:
-        a = calibrate_parser().parse_args(args_list[1:])
+        parser = calibrate_parser()
+        a = parser.parse_args(args_list[1:])
         work = functools.partial(_calibrate, a)
     else:
-        a = export_parser().parse_args(args_list)
+        parser = export_parser()
+        a = parser.parse_args(args_list)
         work = functools.partial(_export, a, args_list)
-    return run_reporting_errors("elf-export", work, _USER_ERRORS, a.log_level == "debug")
+    return run_reporting_errors(parser.prog, work, _USER_ERRORS, a.log_level == "debug")
 
 
 def _export(a: argparse.Namespace, argv: list[str]) -> int:
