@@ -43,7 +43,7 @@ def _data_root_gone(model_dir: Path) -> None:
     path.write_text(json.dumps(config))
 
 
-FAULTS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
+FAULTS: dict[str, tuple[Callable[[Path], object], list[str]]] = {
     "sha256": (
         lambda d: (d / "stage_1.onnx").write_bytes(b"replaced"),
         ["stage_1.onnx: sha256 mismatch", "corrupted or was replaced after export"],
