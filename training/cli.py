@@ -45,12 +45,20 @@ def _data_args(p: argparse.ArgumentParser) -> None:
         "--data-root",
         None,
         "data directory (fashion-mnist default: the Debian package's "
-        "/usr/share/datasets/fashion-mnist; cifar: the python-pickle folder)",
+        "/usr/share/datasets/fashion-mnist; cifar: the python-pickle folder; folder: ROOT/train/ "
+        "with ROOT/val/ or ROOT/test/ or both, one sub-folder per class; a missing val/ is carved "
+        "from train/, a missing test/ makes val/ the test split)",
         type=Path,
     )
     _opt(g, "--imbalance-ratio", d.imbalance_ratio, "rho = n_max / n_min of the long tail")
     _opt(g, "--n-max", d.n_max, "training images of the largest class")
-    _opt(g, "--val-per-class", d.val_per_class, "balanced validation images per class")
+    _opt(
+        g,
+        "--val-per-class",
+        d.val_per_class,
+        "balanced validation images per class (carved from a folder's train/: at most a fifth "
+        "of its smallest class)",
+    )
     _opt(g, "--data-seed", d.seed, "seed of the long-tailed subset and the validation split")
     _opt(g, "--image-size", None, "folder/list data: resize to this square size", type=int)
     _opt(g, "--channels", None, "folder/list data: 1 (grey) or 3 (RGB, default)", type=int)
