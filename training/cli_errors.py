@@ -54,12 +54,10 @@ def run_reporting_errors(
     user_errors: tuple[type[BaseException], ...],
     debug: bool,
 ) -> int:
-    """work(), with every exception turned into one line on stderr (and exit status 1)."""
+    """work(), with every exception turned into one line on stderr (and exit status 1).
+    KeyboardInterrupt is no mistake and goes through (a resumable run keeps its checkpoint)."""
     try:
         return work()
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{prog}: error: interrupted\n")
-        return 130
     except user_errors as exc:
         failure: BaseException = exc
         message = one_line(exc)
