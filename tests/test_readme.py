@@ -133,3 +133,10 @@ def test_readme_requests_answer_what_the_readme_shows(server: LiveServer) -> Non
             assert isinstance(json.loads(proc.stdout), dict), cmd
         ran += 1
     assert ran >= 5
+
+
+def test_architecture_document_names_modules_that_exist() -> None:
+    text = (REPO / "docs" / "ARCHITECTURE.md").read_text()
+    named = set(re.findall(r"`((?:elf_core|training|model_export|server)/[\w/]+\.py)`", text))
+    assert len(named) >= 15
+    assert not [p for p in sorted(named) if not (REPO / p).is_file()]

@@ -23,7 +23,7 @@ from training.data import AugmentConfig, DataConfig, DatasetError
 from training.data.config import DATASETS
 from training.data.dataset import DatasetStatsError
 from training.losses import BASE_LOSSES, METHODS, LossConfig
-from training.models import VARIANTS, ModelConfig
+from training.networks import VARIANTS, ModelConfig
 from training.trainer import main as train_main
 
 
