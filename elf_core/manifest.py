@@ -209,6 +209,16 @@ def verify_files(manifest: Manifest, model_dir: Path) -> None:
             )
 
 
+def _validation_errors(exc: ValidationError) -> str:
+    """pydantic's errors on one line: `exits.0.threshold: Input should be ... (got 1.5)`."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(x) for x in err["loc"])
+        got = f" (got {err['input']!r})" if where and not isinstance(err["input"], dict) else ""
+        parts.append(f"{where or 'manifest'}: {err['msg']}{got}")
+    return "; ".join(parts)
+
+
 def load_manifest(model_dir: str | Path, *, verify: bool = True) -> Manifest:
     """Load and validate `model_dir/manifest.json`, and by default check every file's sha256."""
     model_dir = Path(model_dir)
@@ -229,7 +239,7 @@ def load_manifest(model_dir: str | Path, *, verify: bool = True) -> Manifest:
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
-        raise ManifestError(f"{path}: invalid manifest: {exc}") from exc
+        raise ManifestError(f"{path}: invalid manifest: {_validation_errors(exc)}") from exc
     if verify:
         verify_files(manifest, model_dir)
     return manifest

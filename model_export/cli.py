@@ -8,6 +8,7 @@ elf-export calibrate --model-dir models/NAME [--tolerance 0.005] [--tail-toleran
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import re
 import shlex
@@ -20,6 +21,8 @@ from elf_core.manifest import MODEL_NAME_PATTERN, ManifestError
 from model_export.export import ExportConfig, export_checkpoint, recalibrate
 from model_export.report import summary_table
 from model_export.verify import VerificationError
+from training.checkpoint import CheckpointError
+from training.cli_errors import OneLineParser, add_log_level, positive_int, run_reporting_errors
 from training.data import DatasetError
 
 # Libraries that log every optimisation pass at INFO.
@@ -74,13 +77,19 @@ def _common(p: argparse.ArgumentParser) -> None:
         "(needs --tail-tolerance)",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="ONNX Runtime device")
-    p.add_argument("--batch-size", type=int, default=256, help="images per batch in calibration")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=256, help="images per batch in calibration"
+    )
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_log_level(p)
+    p.add_argument(
+        "-v", "--verbose", action="store_const", const="debug", dest="log_level",
+        help="the same as --log-level debug",
+    )  # fmt: skip
 
 
 def export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="elf-export",
         description="Export a trained ELF checkpoint to a verified, calibrated model directory. "
         "Use `elf-export calibrate --help` to recalibrate an existing one.",
@@ -94,7 +103,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 
 def calibrate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="elf-export calibrate",
         description="Choose new exit thresholds for an exported model directory on its "
         "validation split; rewrites calibration.json/.png and the manifest.",
@@ -110,9 +119,9 @@ def _checked(parser: argparse.ArgumentParser, a: argparse.Namespace) -> argparse
     return a
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(level: str) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
@@ -132,26 +141,26 @@ _USER_ERRORS = (
     ManifestError,
     VerificationError,
     DatasetError,
-    FileExistsError,
-    FileNotFoundError,
+    CheckpointError,
+    OSError,
 )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if args_list[:1] == ["calibrate"]:
-            parser = calibrate_parser()
-            return _calibrate(_checked(parser, parser.parse_args(args_list[1:])))
+    if args_list[:1] == ["calibrate"]:
+        parser = calibrate_parser()
+        a = _checked(parser, parser.parse_args(args_list[1:]))
+        work = functools.partial(_calibrate, a)
+    else:
         parser = export_parser()
-        return _export(_checked(parser, parser.parse_args(args_list)), args_list)
-    except _USER_ERRORS as exc:
-        sys.stderr.write(f"elf-export: error: {exc}\n")
-        return 1
+        a = _checked(parser, parser.parse_args(args_list))
+        work = functools.partial(_export, a, args_list)
+    return run_reporting_errors(parser.prog, work, _USER_ERRORS, a.log_level == "debug")
 
 
 def _export(a: argparse.Namespace, argv: list[str]) -> int:
-    _setup_logging(a.verbose)
+    _setup_logging(a.log_level)
     cfg = ExportConfig(
         out=a.out,
         tolerance=a.tolerance,
@@ -182,7 +191,7 @@ def _export(a: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _calibrate(a: argparse.Namespace) -> int:
-    _setup_logging(a.verbose)
+    _setup_logging(a.log_level)
     manifest, outcome = recalibrate(
         a.model_dir,
         a.tolerance,

@@ -144,6 +144,10 @@ def _finish(run: _Run) -> dict[str, Any]:
         "seed": cfg.seed,
         "command": cfg.command,
         "commit": git_commit(),
+        "splits": {
+            name: {"images": len(data), "source": splits.sources.get(name, "")}
+            for name, data in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+        },
         **metrics,
     }
     (cfg.out / METRICS_FILE).write_text(json.dumps(metrics, indent=1))

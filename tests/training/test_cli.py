@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.conftest import TRAIN_COUNTS, tiny_args
+from tests.training.conftest import EVAL_PER_CLASS, TRAIN_COUNTS, tiny_args, write_image_folder
 from training import cli
 from training.checkpoint import load_model, load_train_config
 from training.data import build_splits, normalize
@@ -97,3 +97,26 @@ def _check_predictions_match_checkpoint(out: Path, metrics: dict) -> None:
     for k, p in enumerate(probs):
         np.testing.assert_allclose(saved[f"test_probs_{k}"], p, atol=1e-5)
         assert metrics["test"]["exits"][k]["top1"] == pytest.approx((p.argmax(1) == labels).mean())
+
+
+@pytest.mark.integration
+def test_train_val_layout_states_its_splits(tmp_path: Path) -> None:
+    """ImageNet's layout (train/ + val/): metrics.json and the log say that val/ is the test split
+    and that the validation split was carved from train/."""
+    root = write_image_folder(tmp_path / "data", splits=("train", "val"))
+    out = tmp_path / "run"
+    args = tiny_args(root, out, "--epochs", "1")
+    proc = subprocess.run(
+        [str(ELF_TRAIN), *args], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no test/ folder: the test metrics are computed on val/" in proc.stderr
+    splits = json.loads((out / "metrics.json").read_text())["splits"]
+    assert splits["val"]["images"] == 3  # 1 per class: a fifth of the smallest class (4), >= 1
+    assert splits["val"]["source"].startswith("carved from train/: 1 images per class")
+    assert splits["test"]["images"] == 3 * EVAL_PER_CLASS
+    assert splits["test"]["source"].startswith("val/ (there is no test/ folder")
+    assert splits["train"] == {
+        "images": sum(TRAIN_COUNTS) - 3,
+        "source": "train/ minus the carved validation images",
+    }
