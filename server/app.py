@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import swagger_ui_bundle
 from fastapi import FastAPI, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -13,6 +14,7 @@ from server.adaptive import start_controller
 from server.api import admin, v1, v2
 from server.api.errors import install_error_handlers
 from server.api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from server.api.openapi import install_openapi
 from server.metrics import Metrics
 from server.registry import load_models
 from server.settings import Settings
@@ -47,8 +49,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.metrics.process_exited()
             log.info("batchers stopped")
 
-    app = FastAPI(title="ELF serving", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="ELF serving", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.elf = state
+    install_openapi(app, str(swagger_ui_bundle.swagger_ui_path))
     install_error_handlers(app, state.metrics, settings.retry_after_s)
     app.include_router(v1.router)
     app.include_router(admin.router)
@@ -59,7 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body, content_type = state.metrics.render()
         return Response(body, media_type=content_type)
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+    )
     # Added last, so outermost: it times and counts every response.
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     return app

@@ -1,4 +1,9 @@
-"""`elf-serve`: run the service under uvicorn. Flags override the ELF_* environment variables."""
+"""`elf-serve`: run the service under uvicorn. Flags override the ELF_* environment variables.
+
+A user's mistake (a bad setting, a missing or broken model directory) ends in one line,
+`elf-serve: error: <what and how to fix>`, and exit code 2, before uvicorn starts; the traceback
+only with `--log-level debug`. After SIGTERM and a clean drain the exit code is 0.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,20 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import sys
+import traceback
+from types import FrameType
+from typing import NoReturn
 
 import uvicorn
 from pydantic import ValidationError
 
+from elf_core.manifest import ManifestError
+from server.engine.providers import EngineError, requested_providers
+from server.http_protocol import HeadCappedHttpToolsProtocol
 from server.metrics import prepare_multiprocess
+from server.registry import find_manifests
 from server.settings import Settings, unknown_variables
 
 # flag -> settings field (the environment variable is ELF_<FIELD>).
@@ -46,22 +59,81 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def _errors(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+        for e in exc.errors()
+    )
+
+
+def manifest_message(exc: ManifestError) -> str:
+    """The model directory's fault on one line (pydantic's report spans several)."""
+    if isinstance(exc.__cause__, ValidationError):
+        head = str(exc).split("\n", 1)[0].rsplit(": ", 1)[0]  # "<path>: invalid manifest"
+        return f"{head}: {_errors(exc.__cause__)}"
+    return " ".join(str(exc).split())
+
+
+def settings_message(exc: ValidationError) -> str:
+    """One line naming each bad setting as the user wrote it (variable, flag, value)."""
+    parts = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        if not err["loc"]:  # a rule across settings: its message names them
+            parts.append(msg)
+            continue
+        field = str(err["loc"][0])
+        flag = f" (--{field.replace('_', '-')})" if field in _FLAGS else ""
+        parts.append(f"ELF_{field.upper()}{flag}={err.get('input')!r}: {msg}")
+    return "invalid settings: " + "; ".join(parts)
+
+
+def check(settings: Settings) -> None:
+    """What the server would fail on at start-up, checked here to fail in one line."""
+    requested_providers(settings)
+    find_manifests(settings)
+
+
+def _fail(message: str, debug: bool) -> NoReturn:
+    if debug:
+        traceback.print_exc()
+    print(f"elf-serve: error: {message}", file=sys.stderr)  # noqa: T201
+    sys.exit(2)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
     # Flags become ELF_* variables so that every uvicorn worker process builds the same Settings.
     for field in (*_FLAGS, "workers", "log_level"):
         value = getattr(args, field)
         if value is not None:
             os.environ[f"ELF_{field.upper()}"] = str(value)
+    debug = os.environ.get("ELF_LOG_LEVEL", "").lower() == "debug"
     try:
         settings = Settings()
+        check(settings)
     except ValidationError as exc:
-        sys.exit(f"elf-serve: invalid settings: {exc}")
+        _fail(settings_message(exc), debug)
+    except ManifestError as exc:
+        fix = "point --model-dir (ELF_MODEL_DIR) at a directory that elf-export wrote"
+        _fail(f"{manifest_message(exc)}; {fix}", debug)
+    except EngineError as exc:
+        _fail(str(exc), debug)
+    return settings
+
+
+def _absorb_sigterm(signum: int, frame: FrameType | None) -> None:
+    """uvicorn re-raises the SIGTERM it drained on; arriving here, the process exits 0."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    settings = _settings(args)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     for name in unknown_variables():
         logging.getLogger("elf-serve").warning("%s is not a setting of elf-serve; ignored", name)
+    signal.signal(signal.SIGTERM, _absorb_sigterm)
     made = prepare_multiprocess(settings.workers)  # before any worker imports prometheus_client
     try:
         _run(args, settings)
@@ -73,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
 def _run(args: argparse.Namespace, settings: Settings) -> None:
     uvicorn.run(
         "server.app:app_from_env",
+        http=HeadCappedHttpToolsProtocol,
         factory=True,
         host=args.host,
         port=args.port,

@@ -115,7 +115,7 @@ def find_model_dirs(root: Path) -> list[Path]:
     if (root / MANIFEST_FILE).is_file():
         return [root]
     if not root.is_dir():
-        raise ManifestError(f"{root}: model directory does not exist (ELF_MODEL_DIR)")
+        raise ManifestError(f"{root}: model directory does not exist")
     dirs = sorted(p for p in root.iterdir() if (p / MANIFEST_FILE).is_file())
     if not dirs:
         raise ManifestError(f"{root}: no {MANIFEST_FILE} here or in any sub-directory")
@@ -134,8 +134,9 @@ def load_curve(model_dir: Path, manifest: Manifest) -> Any | None:
         raise ManifestError(f"{model_dir / name}: not valid JSON ({exc})") from exc
 
 
-def load_model(model_dir: Path, settings: Settings, metrics: Metrics) -> ServedModel:
-    manifest = load_manifest(model_dir)
+def load_model(
+    model_dir: Path, manifest: Manifest, settings: Settings, metrics: Metrics
+) -> ServedModel:
     b = settings.max_batch_size
     runner = OnnxStageRunner(manifest, load_stage_sessions(manifest, model_dir, settings), b)
     runner.warm_up(list(range(1, b + 1)) if settings.warmup_all_batch_sizes else sorted({1, b}))
@@ -175,19 +176,28 @@ def load_model(model_dir: Path, settings: Settings, metrics: Metrics) -> ServedM
     return model
 
 
+def find_manifests(settings: Settings) -> dict[str, tuple[Path, Manifest]]:
+    """Every model's directory and checked manifest (files and sha256 too), by model name."""
+    found: dict[str, tuple[Path, Manifest]] = {}
+    for d in find_model_dirs(settings.model_dir):
+        manifest = load_manifest(d)
+        if manifest.name in found:
+            other = found[manifest.name][0]
+            raise ManifestError(f"{d}: model name {manifest.name!r} is also used by {other}")
+        found[manifest.name] = (d, manifest)
+    default = settings.default_model or sorted(found)[0]
+    if default not in found:
+        raise ManifestError(f"ELF_DEFAULT_MODEL={default!r} is not among {sorted(found)}")
+    return found
+
+
 def load_models(settings: Settings, metrics: Metrics) -> ModelRegistry:
     """Load, check and warm every model, then start their batchers."""
-    models: dict[str, ServedModel] = {}
-    for d in find_model_dirs(settings.model_dir):
-        model = load_model(d, settings, metrics)
-        if model.name in models:
-            other = models[model.name].directory
-            raise ManifestError(f"{d}: model name {model.name!r} is also used by {other}")
-        models[model.name] = model
-    default = settings.default_model or sorted(models)[0]
-    if default not in models:
-        raise ManifestError(f"ELF_DEFAULT_MODEL={default!r} is not among {sorted(models)}")
+    models = {
+        name: load_model(d, manifest, settings, metrics)
+        for name, (d, manifest) in find_manifests(settings).items()
+    }
     for model in models.values():
         model.batcher.start()
         log.info("serving %s %s on %s", model.name, model.manifest.version, model.providers)
-    return ModelRegistry(models, default)
+    return ModelRegistry(models, settings.default_model or sorted(models)[0])

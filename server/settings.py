@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     retry_after_s: PositiveInt = 1
 
     max_body_bytes: PositiveInt = 10 * 1024 * 1024
+    # Longest time a request body may take to arrive, from its first byte read (408 after).
+    body_timeout_s: Annotated[float, Field(gt=0.0)] = 30.0
     max_image_pixels: PositiveInt = 16_000_000
     max_images_per_request: PositiveInt = 64
     # Total encoded bytes of a request above which decoding leaves the event loop.
@@ -80,6 +82,16 @@ class Settings(BaseSettings):
 
     workers: PositiveInt = 1
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _queue_holds_a_request(self) -> Settings:
+        if self.max_queue_size < self.max_images_per_request:
+            raise ValueError(
+                f"ELF_MAX_QUEUE_SIZE={self.max_queue_size} is below ELF_MAX_IMAGES_PER_REQUEST="
+                f"{self.max_images_per_request}: a full request could never be admitted; raise "
+                "the queue size or lower the images per request"
+            )
+        return self
 
     def threads_per_session(self) -> int:
         if self.intra_op_threads > 0:

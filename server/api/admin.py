@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Request
 
 from server.adaptive import rebase
 from server.api.errors import ApiError
+from server.api.openapi import error_responses
 from server.api.v1 import StateDep
 from server.schemas.v1 import ThresholdsChanged, ThresholdsUpdate
 from server.state import AppState
@@ -55,6 +56,7 @@ async def admin_guard(request: Request, state: StateDep) -> None:
     "/models/{name}/thresholds",
     response_model=ThresholdsChanged,
     dependencies=[Depends(admin_guard)],
+    responses=error_responses(400, 401, 403, 404, 408, 413, 422, 499),
 )
 async def set_thresholds(name: str, body: ThresholdsUpdate, state: StateDep) -> ThresholdsChanged:
     """Body: {"thresholds": [t_0, ..., t_{K-2}]} (or K values, the last 0)."""

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from server.api.openapi import CLASSIFY_BODY, error_responses
 from server.registry import ExitMode
 
 
@@ -38,7 +39,11 @@ class _QueryModel(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     threshold: float | None = Field(
-        None, ge=0.0, le=1.0, description="One confidence threshold for every auxiliary exit"
+        None,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="One confidence threshold for every auxiliary exit",
     )
     top_k: int | None = Field(None, ge=1, description="Classes listed per image (default 5)")
     exit: Literal["auto", "final"] = Field("auto", description="auto: early exits; final: none")
@@ -67,16 +72,10 @@ def openapi_parameters(*path_params: str) -> dict[str, Any]:
         params.append(
             {"name": name, "in": "query", "required": False, "schema": schema, "description": doc}
         )
-    error = {"$ref": "#/components/schemas/HTTPValidationError"}
-    return {
-        "parameters": params,
-        "responses": {
-            "422": {
-                "description": "Validation Error",
-                "content": {"application/json": {"schema": error}},
-            }
-        },
-    }
+    return {"parameters": params, **CLASSIFY_BODY}
+
+
+CLASSIFY_ERRORS = error_responses(400, 404, 408, 413, 415, 422, 499, 503, 504)
 
 
 Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]

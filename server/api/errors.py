@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.batching.rows import QueueFullError, ShuttingDownError
+from server.batching.rows import NeverFitsError, QueueFullError, ShuttingDownError
 from server.metrics import Metrics
 from server.preprocess import InputError
 from server.registry import UnknownModelError
@@ -42,6 +42,9 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+_REASONS = {413: "body_too_large", 400: "bad_request", 408: "body_timeout", 499: "client_gone"}
+
+
 def install_error_handlers(app: FastAPI, metrics: Metrics, retry_after_s: int) -> None:
     def reject(
         reason: str, status: int, message: str, headers: dict[str, str] | None = None
@@ -65,6 +68,10 @@ def install_error_handlers(app: FastAPI, metrics: Metrics, retry_after_s: int) -
     async def _full(_: Request, exc: QueueFullError) -> JSONResponse:
         return reject("queue_full", 503, str(exc), {"Retry-After": str(retry_after_s)})
 
+    @app.exception_handler(NeverFitsError)
+    async def _never(_: Request, exc: NeverFitsError) -> JSONResponse:
+        return reject("never_fits", 413, str(exc))
+
     @app.exception_handler(ShuttingDownError)
     async def _closing(_: Request, exc: ShuttingDownError) -> JSONResponse:
         return reject("shutting_down", 503, str(exc), {"Retry-After": str(retry_after_s)})
@@ -80,9 +87,11 @@ def install_error_handlers(app: FastAPI, metrics: Metrics, retry_after_s: int) -
         return reject("bad_request", status, _validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # 413 from the body limit, 400 from Starlette's multipart parser; 404/405 not counted.
-        reason = {413: "body_too_large", 400: "bad_request"}.get(exc.status_code)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # 413/408 from the body limits, 400 from Starlette's multipart parser; 404/405 not counted.
+        reason = _REASONS.get(exc.status_code)
+        if exc.status_code in (408, 499, 503):  # the client's doing or shutdown: one line
+            log.warning("%s %s: %s", request.method, request.url.path, exc.detail)
         if reason is not None:
             metrics.rejected.labels(reason=reason).inc()
         return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))

@@ -1,7 +1,9 @@
-"""Pure ASGI middleware: request metrics by route template, and the request body size limit."""
+"""Pure ASGI middleware: request metrics by route template, and the request body's limits in
+size (413) and time (408); a client gone mid-body becomes a 499 (logged, counted, not an error)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -23,6 +25,27 @@ class BodyTooLargeError(StarletteHTTPException):
 
     def __init__(self, detail: str) -> None:
         super().__init__(413, detail)
+
+
+class BodyTimeoutError(StarletteHTTPException):
+    def __init__(self, timeout_s: float) -> None:
+        detail = f"the request body did not arrive within {timeout_s:g} s (ELF_BODY_TIMEOUT_S)"
+        super().__init__(408, detail, {"Connection": "close"})
+
+
+class BodyCancelledError(StarletteHTTPException):
+    """uvicorn cancels what is still running when its graceful shutdown times out; a request
+    still waiting for its body then gets a 503 and one log line, not a CancelledError traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "the server shut down while the request body was arriving")
+
+
+class ClientGoneError(StarletteHTTPException):
+    """499 (nginx's "client closed request"): nobody reads it; it is counted and logged."""
+
+    def __init__(self) -> None:
+        super().__init__(499, "the client hung up before its request body was complete")
 
 
 class RequestMetricsMiddleware:
@@ -52,15 +75,17 @@ class RequestMetricsMiddleware:
 
 
 class BodyLimitMiddleware:
-    """413 when Content-Length or the bytes actually received exceed `max_bytes`.
+    """413 when Content-Length or the bytes actually received exceed `max_bytes`; 408 when the
+    body has not fully arrived `timeout_s` after the handler started reading it.
 
-    The limit is enforced when a handler reads the body (after routing, so the request keeps its
-    route label), before any byte is read when Content-Length already says too much.
+    The limits are enforced when a handler reads the body (after routing, so the request keeps
+    its route label), before any byte is read when Content-Length already says too much.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     def _error(self, size: str) -> BodyTooLargeError:
         limit = self.max_bytes
@@ -74,13 +99,25 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         too_big = declared.isdigit() and int(declared) > self.max_bytes
-        received = 0
+        received, complete, deadline = 0, False, 0.0
 
         async def limited() -> Message:
-            nonlocal received
+            nonlocal received, complete, deadline
             if too_big:
                 raise self._error(declared.decode())
-            message = await receive()
+            if complete:  # later reads only wait for a disconnect: no deadline
+                return await receive()
+            deadline = deadline or asyncio.get_running_loop().time() + self.timeout_s
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeoutError(self.timeout_s) from None
+            except asyncio.CancelledError:
+                raise BodyCancelledError() from None
+            if message["type"] == "http.disconnect":
+                raise ClientGoneError()
+            complete = not message.get("more_body", False)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:

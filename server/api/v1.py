@@ -10,7 +10,14 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
-from server.api.classify_route import ClassifyQuery, DirectRoute, openapi_parameters, parse_query
+from server.api.classify_route import (
+    CLASSIFY_ERRORS,
+    ClassifyQuery,
+    DirectRoute,
+    openapi_parameters,
+    parse_query,
+)
+from server.api.openapi import error_responses
 from server.preprocess import InputError
 from server.registry import ServedModel
 from server.schemas.v1 import (
@@ -29,7 +36,7 @@ from server.service import Answer, classify, decode
 from server.settings import Settings
 from server.state import AppState, get_state
 
-router = APIRouter(prefix="/v1", tags=["v1"])
+router = APIRouter(prefix="/v1", tags=["v1"], responses=error_responses(404))
 
 StateDep = Annotated[AppState, Depends(get_state)]
 
@@ -131,6 +138,7 @@ for _path, _endpoint, _params in (
         _endpoint,
         methods=["POST"],
         response_model=ClassifyResponse,
+        responses=CLASSIFY_ERRORS,
         route_class_override=DirectRoute,
         openapi_extra=openapi_parameters(*_params),
     )

@@ -3,11 +3,13 @@
 Input: one tensor named as the model's stage-0 input ("input"), either FP32 [N, C, H, W] (data
 flat row-major or nested) or BYTES [N] (or [N, 1]) of base64-encoded image files (PNG, JPEG, ...).
 Request parameters (optional): "threshold" (number in [0, 1]) and "exit" ("auto" | "final").
+The binary tensor data extension works both ways (server.api.v2_binary); a JSON request needs
+no Content-Type.
 Outputs: label (BYTES), class_index, exit_index, flops_executed (INT64), confidence (FP32),
 probabilities (FP32 [N, C]); "outputs" in the request selects some. Response parameters carry
 exit_count, flops_full (per image), flops_executed (all images), flops_saved_ratio and
 exit_indices (comma-separated, as parameters are scalars). Errors: {"error": "..."} with 400
-(404 unknown model, 413 too big, 503 busy, 504 timeout).
+(404 unknown model, 413 too big, 503 busy, 504 timeout; server.api.openapi lists them).
 """
 
 from __future__ import annotations
@@ -19,12 +21,20 @@ import uuid
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from server.api.v1 import StateDep, json_response
+from server.api.openapi import INFER_BODY, error_responses
+from server.api.v1 import StateDep
+from server.api.v2_binary import (
+    binary_inputs,
+    bytes_elements,
+    fp32_tensor,
+    infer_response,
+    read_infer_request,
+)
 from server.preprocess import InputError, tensor_input
-from server.registry import ExitMode, ServedModel, UnknownModelError
+from server.registry import ServedModel, UnknownModelError
 from server.schemas.v2 import (
     InferenceRequest,
     InferenceResponse,
@@ -32,7 +42,6 @@ from server.schemas.v2 import (
     ModelReady,
     Parameters,
     RequestInput,
-    RequestOutput,
     ResponseOutput,
     ServerMetadata,
     TensorMetadata,
@@ -40,7 +49,7 @@ from server.schemas.v2 import (
 from server.service import Answer, classify, decode
 from server.state import AppState
 
-router = APIRouter(prefix="/v2", tags=["kserve-v2"])
+router = APIRouter(prefix="/v2", tags=["kserve-v2"], responses=error_responses(400, 404, 503))
 OUTPUTS = ("label", "class_index", "confidence", "exit_index", "flops_executed", "probabilities")
 
 
@@ -62,7 +71,8 @@ def _model(state: AppState, name: str, model_version: str | None) -> ServedModel
 
 @router.get("", response_model=ServerMetadata)
 async def server_metadata() -> ServerMetadata:
-    return ServerMetadata(name="elf-serving", version=_server_version(), extensions=[])
+    extensions = ["binary_tensor_data"]  # server.api.v2_binary
+    return ServerMetadata(name="elf-serving", version=_server_version(), extensions=extensions)
 
 
 @router.get("/health/live")
@@ -112,26 +122,17 @@ async def model_ready(name: str, state: StateDep, model_version: str | None = No
     return JSONResponse({"name": model.name, "ready": state.ready}, 200 if state.ready else 503)
 
 
-def _parameters(params: Parameters | None) -> tuple[float | None, ExitMode]:
-    params = params or {}
-    threshold = params.get("threshold")
-    if threshold is not None and (
-        isinstance(threshold, bool | str) or not 0.0 <= float(threshold) <= 1.0
-    ):
-        raise InputError(f"parameters.threshold must be a number in [0, 1], got {threshold!r}")
-    mode = params.get("exit", "auto")
-    if mode not in ("auto", "final"):
-        raise InputError(f"parameters.exit must be 'auto' or 'final', got {mode!r}")
-    return (None if threshold is None else float(threshold)), mode  # type: ignore[return-value]
-
-
-def _encoded_images(inp: RequestInput) -> list[tuple[str, bytes]]:
+def _encoded_images(inp: RequestInput, raw: bytes | None) -> list[tuple[str, bytes]]:
     shape, data = inp.shape, inp.data
+    if raw is not None:
+        data = bytes_elements(raw, inp.name)
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or not isinstance(data, list):
         raise InputError(f"{inp.name}: BYTES images need shape [N] or [N, 1] and a data list")
     flat = [d[0] if isinstance(d, list) and len(d) == 1 else d for d in data]
     if len(flat) != shape[0]:
         raise InputError(f"{inp.name}: shape says {shape[0]} images, data holds {len(flat)}")
+    if raw is not None:  # binary elements are the image files themselves
+        return [(f"{inp.name}[{i}]", item) for i, item in enumerate(flat)]
     out = []
     for i, item in enumerate(flat):
         if not isinstance(item, str):
@@ -145,7 +146,9 @@ def _encoded_images(inp: RequestInput) -> list[tuple[str, bytes]]:
     return out
 
 
-async def _arrays(req: InferenceRequest, model: ServedModel, state: AppState) -> list[Any]:
+async def _arrays(
+    req: InferenceRequest, tail: bytes, model: ServedModel, state: AppState
+) -> list[Any]:
     if len(req.inputs) != 1:
         raise InputError(
             f"exactly one input tensor expected, got {len(req.inputs)}", reason="bad_tensor"
@@ -155,12 +158,12 @@ async def _arrays(req: InferenceRequest, model: ServedModel, state: AppState) ->
         raise InputError(
             f"unknown input {inp.name!r}; this model's input is {want!r}", reason="bad_tensor"
         )
-    if inp.parameters and "binary_data_size" in inp.parameters:
-        raise InputError("the binary tensor data extension is not supported; send JSON data")
+    raw = binary_inputs(req, tail).get(inp.name)
     if inp.datatype == "FP32":
-        return tensor_input(inp.data, inp.shape, model.manifest.preprocessing, inp.name)
+        data = inp.data if raw is None else fp32_tensor(raw, inp.shape, inp.name)
+        return tensor_input(data, inp.shape, model.manifest.preprocessing, inp.name)
     if inp.datatype == "BYTES":
-        return await decode(_encoded_images(inp), model, state.settings)
+        return await decode(_encoded_images(inp, raw), model, state.settings)
     raise InputError(
         f"{inp.name}: datatype {inp.datatype!r} is not supported; send FP32 (an NCHW tensor) "
         "or BYTES (base64-encoded images)",
@@ -168,16 +171,19 @@ async def _arrays(req: InferenceRequest, model: ServedModel, state: AppState) ->
     )
 
 
-def _requested(outputs: list[RequestOutput] | None) -> list[str]:
-    if outputs is None:
-        return list(OUTPUTS)
-    names = [o.name for o in outputs]
+def _requested(req: InferenceRequest) -> tuple[list[str], set[str]]:
+    """The outputs to answer, and those of them to send in binary form."""
+    all_binary = req.parameters is not None and req.parameters.binary_data_output
+    if req.outputs is None:
+        return list(OUTPUTS), set(OUTPUTS) if all_binary else set()
+    names = [o.name for o in req.outputs]
     unknown = [n for n in names if n not in OUTPUTS]
     if unknown:
         raise InputError(f"unknown outputs {unknown}; this model has {list(OUTPUTS)}")
-    if any(o.parameters and o.parameters.get("binary_data") for o in outputs):
-        raise InputError("the binary tensor data extension is not supported")
-    return names
+    binary = {
+        o.name for o in req.outputs if all_binary or (o.parameters and o.parameters.binary_data)
+    }
+    return names, binary
 
 
 def _tensor(name: str, answers: list[Answer], model: ServedModel) -> ResponseOutput:
@@ -196,24 +202,30 @@ def _tensor(name: str, answers: list[Answer], model: ServedModel) -> ResponseOut
     return ResponseOutput(name=name, shape=[n], datatype=datatype, data=data)
 
 
-@router.post(
-    "/models/{name}/infer", response_model=InferenceResponse, response_model_exclude_none=True
-)
-@router.post(
-    "/models/{name}/versions/{model_version}/infer",
-    response_model=InferenceResponse,
-    response_model_exclude_none=True,
-)
+_INFER = {
+    "response_model": InferenceResponse,
+    "response_model_exclude_none": True,
+    "openapi_extra": INFER_BODY,
+    "responses": error_responses(408, 413, 499, 504),
+}
+
+
+# The body is read here, not by FastAPI: a client may send no Content-Type, or a binary tail.
+@router.post("/models/{name}/infer", **_INFER)  # type: ignore[arg-type]
+@router.post("/models/{name}/versions/{model_version}/infer", **_INFER)  # type: ignore[arg-type]
 async def infer(
-    name: str, req: InferenceRequest, state: StateDep, model_version: str | None = None
+    name: str, request: Request, state: StateDep, model_version: str | None = None
 ) -> Response:
     start = time.perf_counter()
     model = _model(state, name, model_version)
-    threshold, mode = _parameters(req.parameters)
-    requested = _requested(req.outputs)
-    answers = await classify(state, model, await _arrays(req, model, state), threshold, mode)
+    req, tail = await read_infer_request(request)
+    params = req.parameters
+    threshold, mode = (params.threshold, params.exit) if params else (None, "auto")
+    requested, binary = _requested(req)
+    arrays = await _arrays(req, tail, model, state)
+    answers = await classify(state, model, arrays, threshold, mode)
     full, executed = model.manifest.flops_full, sum(a.flops_executed for a in answers)
-    params: Parameters = {
+    out: Parameters = {
         "exit_count": model.num_exits,
         "exit_indices": ",".join(str(a.exit_index) for a in answers),
         "flops_full": full,
@@ -225,7 +237,7 @@ async def infer(
         model_name=model.name,
         model_version=model.manifest.version,
         id=req.id if req.id is not None else str(uuid.uuid4()),
-        parameters=params,
+        parameters=out,
         outputs=[_tensor(o, answers, model) for o in requested],
     )
-    return json_response(response, exclude_none=True)
+    return infer_response(response, binary)

@@ -35,6 +35,7 @@ from elf_core.exits import leaves, softmax
 from server.batching.audit import Auditor
 from server.batching.controller import DelayWindow
 from server.batching.rows import (
+    NeverFitsError,
     Part,
     QueueFullError,
     Row,
@@ -47,7 +48,15 @@ from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Batcher", "QueueFullError", "Row", "RowResult", "ShuttingDownError", "StageExecutor"]
+__all__ = [
+    "Batcher",
+    "NeverFitsError",
+    "QueueFullError",
+    "Row",
+    "RowResult",
+    "ShuttingDownError",
+    "StageExecutor",
+]
 
 
 class Batcher:
@@ -97,6 +106,12 @@ class Batcher:
         with self._cond:
             if self._closing:
                 raise ShuttingDownError("the server is shutting down")
+            if len(rows) > self.max_queue_size:
+                raise NeverFitsError(
+                    f"{len(rows)} images in one request can never fit a queue of "
+                    f"{self.max_queue_size} (ELF_MAX_QUEUE_SIZE); send fewer images, or raise "
+                    "ELF_MAX_QUEUE_SIZE to at least ELF_MAX_IMAGES_PER_REQUEST"
+                )
             if self._admitted + len(rows) > self.max_queue_size:
                 raise QueueFullError(
                     f"queue full ({self._admitted} images waiting, limit {self.max_queue_size})"

@@ -26,6 +26,10 @@ class QueueFullError(RuntimeError):
     pass
 
 
+class NeverFitsError(ValueError):
+    """More rows in one request than the queue can ever hold: retrying cannot help (413)."""
+
+
 class ShuttingDownError(RuntimeError):
     pass
 

@@ -1,12 +1,16 @@
-"""KServe v2 / Open Inference Protocol JSON (HTTP/REST), as published by kserve."""
+"""KServe v2 / Open Inference Protocol JSON (HTTP/REST), as published by kserve, with the
+binary tensor data extension's parameters (`binary_data_size`, `binary_data`,
+`binary_data_output`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 Parameters = dict[str, str | int | float | bool]
+# strict: neither `true` nor "0.5" pass as a number; finite: NaN, inf and 1e309 are refused.
+Threshold = Annotated[float, Field(ge=0.0, le=1.0, strict=True, allow_inf_nan=False)]
 
 
 class ServerMetadata(BaseModel):
@@ -34,22 +38,47 @@ class ModelReady(BaseModel):
     ready: bool
 
 
+class _Extensible(BaseModel):
+    """Parameters the server reads are typed; others are kept (the protocol allows any)."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, str | int | float | bool]
+
+
+class InferParameters(_Extensible):
+    threshold: Threshold | None = Field(
+        None, description="one confidence threshold for every auxiliary exit"
+    )
+    exit: Literal["auto", "final"] = Field("auto", description="final: no early exit")
+    binary_data_output: bool = Field(False, description="every output in binary form")
+
+
+class InputParameters(_Extensible):
+    binary_data_size: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="bytes of this tensor after the JSON header (binary extension)"
+    )
+
+
+class OutputParameters(_Extensible):
+    binary_data: bool = Field(False, description="this output in binary form")
+
+
 class RequestInput(BaseModel):
     name: str
-    shape: list[int]
+    shape: list[Annotated[int, Field(ge=0, le=2**31 - 1)]]
     datatype: str
-    parameters: Parameters | None = None
+    parameters: InputParameters | None = None
     data: Any = None
 
 
 class RequestOutput(BaseModel):
     name: str
-    parameters: Parameters | None = None
+    parameters: OutputParameters | None = None
 
 
 class InferenceRequest(BaseModel):
     id: str | None = None
-    parameters: Parameters | None = None
+    parameters: InferParameters | None = None
     inputs: list[RequestInput]
     outputs: list[RequestOutput] | None = None
 
@@ -59,7 +88,7 @@ class ResponseOutput(BaseModel):
     shape: list[int]
     datatype: str
     parameters: Parameters | None = None
-    data: list[Any]
+    data: list[Any] | None = None  # None when the output is sent in binary form
 
 
 class InferenceResponse(BaseModel):

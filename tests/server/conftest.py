@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.settings import Settings
+from tests.server.live import LiveServer, live_server
 from tests.server.tiny_model import (
     build_tiny_model,
     fixture_pixels,
@@ -66,3 +67,12 @@ def offline_probs(tiny_model_dir: Path, pixels: np.ndarray) -> list[np.ndarray]:
 
 def files(pngs: list[bytes], field: str = "files") -> list[tuple[str, tuple[str, bytes, str]]]:
     return [(field, (f"img{i}.png", data, "image/png")) for i, data in enumerate(pngs)]
+
+
+@pytest.fixture(scope="session")
+def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One real elf-serve process for the tests that only read from it (clients, docs, fuzz)."""
+    log = tmp_path_factory.mktemp("served") / "serve.log"
+    env = {"ELF_MAX_BATCH_SIZE": "8", "ELF_INTRA_OP_THREADS": "1"}
+    with live_server(tiny_model_dir, log, ELF_WARMUP_ALL_BATCH_SIZES="false", **env) as server:
+        yield server

@@ -50,8 +50,10 @@ def elf_serve() -> str:
     return str(script) if script.exists() else "elf-serve"
 
 
-def live_server(model_dir: Path, log: Path, **env: str) -> AbstractContextManager[LiveServer]:
-    return live_command([elf_serve()], model_dir, log, **env)
+def live_server(
+    model_dir: Path, log: Path, *flags: str, **env: str
+) -> AbstractContextManager[LiveServer]:
+    return live_command([elf_serve(), *flags], model_dir, log, **env)
 
 
 @contextmanager

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,8 @@ def fp32_request(x: np.ndarray, nested: bool = False, **extra: object) -> dict:
 
 def test_server_metadata_and_health(client: TestClient) -> None:
     meta = client.get("/v2").json()
-    assert meta == {"name": "elf-serving", "version": meta["version"], "extensions": []}
+    extensions = ["binary_tensor_data"]
+    assert meta == {"name": "elf-serving", "version": meta["version"], "extensions": extensions}
     assert client.get("/v2/health/live").json() == {"live": True}
     r = client.get("/v2/health/ready")
     assert r.status_code == 200 and r.json() == {"ready": True}
@@ -191,7 +194,7 @@ def test_infer_parameters_threshold_and_exit(client: TestClient, pixels: np.ndar
                     }
                 ]
             },
-            "binary tensor data",
+            "binary_data_size 3136 goes past the 0 bytes",
         ),
         (
             {
@@ -216,3 +219,65 @@ def test_infer_errors_are_400_with_an_error_object(
     r = client.post("/v2/models/tiny/infer", json=request_body)
     assert r.status_code == 400, r.text
     assert list(r.json()) == ["error"] and message in r.json()["error"], r.json()
+
+
+def _binary_request(header: dict, tail: bytes, length: int | None = None) -> dict:
+    head = json.dumps(header).encode()
+    size = len(head) if length is None else length
+    return {
+        "content": head + tail,
+        "headers": {"Inference-Header-Content-Length": str(size)},
+    }
+
+
+def test_binary_request_and_response_by_hand(client: TestClient, pixels: np.ndarray) -> None:
+    x = normalise(pixels[:3])
+    inp = {"name": "input", "shape": [3, 1, 28, 28], "datatype": "FP32",
+           "parameters": {"binary_data_size": x.nbytes}}  # fmt: skip
+    outputs = [{"name": "class_index", "parameters": {"binary_data": True}}, {"name": "label"}]
+    r = client.post(
+        "/v2/models/tiny/infer",
+        **_binary_request({"inputs": [inp], "outputs": outputs}, x.astype("<f4").tobytes()),
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+    n = int(r.headers["Inference-Header-Content-Length"])
+    head = json.loads(r.content[:n])
+    assert head["outputs"][0]["parameters"] == {"binary_data_size": 24}
+    assert "data" not in head["outputs"][0]
+    class_index = np.frombuffer(r.content[n:], dtype="<i8").tolist()
+    json_answer = client.post("/v2/models/tiny/infer", json=fp32_request(x)).json()
+    by_name = {o["name"]: o["data"] for o in json_answer["outputs"]}
+    assert class_index == by_name["class_index"] and head["outputs"][1]["data"] == by_name["label"]
+
+
+def test_json_without_content_type(client: TestClient, pixels: np.ndarray) -> None:
+    body = json.dumps(fp32_request(normalise(pixels[:1])))
+    r = client.post("/v2/models/tiny/infer", content=body)  # no Content-Type at all
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    ("tail", "length", "size", "message"),
+    [
+        (b"", 10_000, 4, "is not a byte count within"),
+        (b"\0" * 8, None, 4, "4 bytes after the JSON header belong to no input"),
+        (b"\0" * 4, None, 8, "binary_data_size 8 goes past the 4 bytes"),
+        (struct.pack("<I", 99) + b"abc", None, 7, "input[0]: element of 99 bytes runs past"),
+        (b"\1\0", None, 2, "ends inside an element's 4-byte length"),
+    ],
+)
+def test_malformed_binary_requests_are_400(
+    client: TestClient, tail: bytes, length: int | None, size: int, message: str
+) -> None:
+    inp = {"name": "input", "shape": [1], "datatype": "BYTES",
+           "parameters": {"binary_data_size": size}}  # fmt: skip
+    r = client.post("/v2/models/tiny/infer", **_binary_request({"inputs": [inp]}, tail, length))
+    assert r.status_code == 400 and message in r.json()["error"], r.text
+
+
+def test_fp32_binary_of_the_wrong_size_is_400(client: TestClient) -> None:
+    inp = {"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
+           "parameters": {"binary_data_size": 16}}  # fmt: skip
+    r = client.post("/v2/models/tiny/infer", **_binary_request({"inputs": [inp]}, b"\0" * 16))
+    assert r.status_code == 400
+    assert r.json()["error"] == "input: 16 bytes of FP32 data; shape [1, 1, 28, 28] needs 3136"

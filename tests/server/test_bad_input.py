@@ -10,9 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from server.app import create_app
 from server.batching.rows import StageExecutor
+from server.settings import Settings
 from tests.server.conftest import files, make_settings
 from tests.server.images import GARBAGE, encode, grey, png_header_only, truncated
 
@@ -227,14 +229,19 @@ def test_refusals_are_counted_by_reason(strict: TestClient) -> None:
     }
 
 
-def test_whole_request_refused_when_the_queue_cannot_take_it(
+def test_a_request_that_can_never_fit_the_queue_is_413_naming_both_settings(
     tiny_model_dir: Path, pngs: list[bytes]
 ) -> None:
-    with TestClient(create_app(make_settings(tiny_model_dir, max_queue_size=2))) as c:
+    with pytest.raises(ValidationError, match="ELF_MAX_QUEUE_SIZE=2 is below"):
+        make_settings(tiny_model_dir, max_queue_size=2)
+    # Settings that skipped validation: the batcher still refuses for good, not with 503.
+    valid = make_settings(tiny_model_dir).model_dump()
+    settings = Settings.model_construct(**{**valid, "max_queue_size": 2})
+    with TestClient(create_app(settings)) as c:
         r = c.post("/v1/classify", files=files(pngs[:3]))
-        assert r.status_code == 503
-        assert r.headers["Retry-After"] == "1"
-        assert "queue full" in r.json()["error"]
+        assert r.status_code == 413 and "Retry-After" not in r.headers
+        msg = r.json()["error"]
+        assert "ELF_MAX_QUEUE_SIZE" in msg and "ELF_MAX_IMAGES_PER_REQUEST" in msg
         assert c.post("/v1/classify", files=files(pngs[:2])).status_code == 200
 
 
