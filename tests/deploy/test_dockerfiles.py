@@ -1,9 +1,10 @@
 """Static checks of docker/Dockerfile* and .dockerignore (hadolint is not installable here).
 
 They need no engine and name the line at fault; tests/deploy/test_containers.py builds and runs
-the images for real. These tests check what a build would copy and run: every COPY source exists and is inside the build context, the
-processes run as a non-root user, the health check asks the readiness endpoint, the serving
-images carry no torch or training code, and what the CPU image copies imports the server.
+the images for real. These tests check what a build would copy and run: every COPY source exists
+and is inside the build context, the processes run as a non-root user, the health check asks the
+readiness endpoint, the serving images carry no torch or training code, and what the CPU image
+copies imports the server.
 """
 
 from __future__ import annotations

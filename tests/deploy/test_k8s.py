@@ -160,8 +160,9 @@ def test_deployment_matches_the_server(get_routes: GetRoutes) -> None:
     deployment = _one("Deployment")
     pod = deployment["spec"]["template"]["spec"]
     _check_server_container(_pod_container(deployment), get_routes, pod)
-    assert deployment["spec"]["template"]["metadata"]["labels"] == (
-        deployment["spec"]["selector"]["matchLabels"]
+    assert (
+        deployment["spec"]["template"]["metadata"]["labels"]
+        == (deployment["spec"]["selector"]["matchLabels"])
     )
 
 
@@ -184,7 +185,8 @@ def test_service_pdb_hpa_and_monitor_select_the_pods() -> None:
     service, pdb, monitor = _one("Service"), _one("PodDisruptionBudget"), _one("ServiceMonitor")
     assert service["spec"]["selector"].items() <= labels.items()
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    service_labels = service["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service_labels.items()
     container = _pod_container(deployment)
     port_names = {p["name"] for p in container["ports"]}
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
