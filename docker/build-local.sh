@@ -13,7 +13,9 @@
 #
 # Idempotent: an image that exists is skipped; --force rebuilds every named image except the base
 # (Docker's layer cache keeps unchanged layers). Needs root for debootstrap, and a running engine
-# (DOCKER_HOST). Builds use host networking (no bridge network is needed on the engine).
+# (DOCKER_HOST). Builds use host networking and the legacy builder, so an engine without a bridge
+# works, e.g. `dockerd --data-root D --exec-root E -H unix://D/docker.sock --iptables=false
+# --ip6tables=false --bridge=none --storage-driver=overlay2` (tests/deploy/engine.py starts one).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -26,7 +28,7 @@ for arg in "$@"; do
         --force) FORCE=1 ;;
         base|serving|train|stack) TARGETS+=("$arg") ;;
         all) TARGETS+=(base serving train stack) ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
