@@ -28,7 +28,7 @@ for arg in "$@"; do
         --force) FORCE=1 ;;
         base|serving|train|stack) TARGETS+=("$arg") ;;
         all) TARGETS+=(base serving train stack) ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
