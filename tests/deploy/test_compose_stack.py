@@ -30,7 +30,13 @@ from tests.deploy.test_prometheus_live import PromAPI
 from tests.deploy.test_prometheus_live import adapted_config as prometheus_config
 from tests.server.live import free_port
 
-pytestmark = [pytest.mark.container, pytest.mark.integration, pytest.mark.slow]
+# The first test of a session also waits for the image builds (tests/deploy/conftest.py).
+pytestmark = [
+    pytest.mark.container,
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.timeout(3600),
+]
 
 
 def _ports(n: int) -> list[int]:
@@ -114,7 +120,7 @@ def test_compose_stack_serves_through_nginx_and_is_counted_by_prometheus(
         compose("up", "-d", "--no-build", "server", "nginx", "prometheus")
         wait_healthy(images, f"{compose.project}_server_1")
         FACTS["compose stack: up to healthy server"] = f"{time.monotonic() - start:.0f} s"
-        services = compose("ps", "--services").split()
+        services = compose("ps", "--services", "--filter", "status=running").split()
         assert sorted(services) == ["nginx", "prometheus", "server"]
 
         nginx = f"http://127.0.0.1:{nginx_port}"

@@ -32,7 +32,13 @@ from tests.deploy.engine import Engine
 from tests.server.live import free_port
 from tests.training.conftest import write_image_folder
 
-pytestmark = [pytest.mark.container, pytest.mark.integration, pytest.mark.slow]
+# The first test of a session also waits for the image builds (tests/deploy/conftest.py).
+pytestmark = [
+    pytest.mark.container,
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.timeout(3600),
+]
 
 SERVING = "elf-serving:cpu"
 TRAIN = "elf-train:cpu"

@@ -19,13 +19,19 @@ from typing import Any
 import pytest
 
 from tests.deploy.conftest import FACTS
-from tests.deploy.containers import EXAMPLES, classify, container, wait_ready
+from tests.deploy.containers import EXAMPLES, classify, container, unique, wait_ready
 from tests.deploy.engine import Engine
 from tests.deploy.procs import executable
 from tests.deploy.queries import REPO
 from tests.server.live import free_port
 
-pytestmark = [pytest.mark.container, pytest.mark.integration, pytest.mark.slow]
+# The first test of a session also waits for the image builds (tests/deploy/conftest.py).
+pytestmark = [
+    pytest.mark.container,
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.timeout(3600),
+]
 
 BASE = "local/python:3.11-bookworm"
 WHEELS = Path("/opt/wheels")
@@ -46,7 +52,7 @@ def _options(clone: Path) -> tuple[str, ...]:
 
 
 def test_base_image_is_bare(images: Engine) -> None:
-    probe = "command -v python3 make; command -v pip gcc git docker || true; python3 -V"
+    probe = "for c in python3 make pip gcc git docker; do command -v $c; done; python3 -V"
     out = images.docker("run", "--rm", "--network", "none", BASE, "sh", "-c", probe)
     assert out.splitlines() == ["/usr/bin/python3", "/usr/bin/make", "Python 3.11.2"], out
 
@@ -71,17 +77,21 @@ def test_make_dev_and_the_server_and_export_tests_pass(images: Engine, clone: Pa
         TEST_MODULES
     )
     start = time.monotonic()
-    proc = subprocess.run(
-        [
-            executable("docker"), "run", "--rm", "--network", "host", *_options(clone), BASE,
-            "sh", "-c", script,
-        ],
-        env=images.env(),
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )  # fmt: skip
+    name = unique("elf-fresh")
+    try:
+        proc = subprocess.run(
+            [
+                executable("docker"), "run", "--name", name, "--network", "host",
+                *_options(clone), BASE, "sh", "-c", script,
+            ],
+            env=images.env(),
+            capture_output=True,
+            text=True,
+            timeout=2400,
+            check=False,
+        )  # fmt: skip
+    finally:
+        images.docker("rm", "-f", "-v", name, check=False)
     FACTS["fresh machine: make dev + server/export tests"] = f"{time.monotonic() - start:.0f} s"
     tail = (proc.stdout + proc.stderr)[-4000:]
     assert proc.returncode == 0, tail
