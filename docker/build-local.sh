@@ -84,18 +84,25 @@ build() {  # build IMAGE DOCKERFILE [docker build args...]
 
 # torch's CPU wheel for the training image: the wheel directory of this machine, offered to the
 # build as a one-package index on a loopback port (nothing else goes through it).
+# Started in this shell (not in a $(...) subshell), so the EXIT trap stops it and removes its folder.
 WHEEL_SERVER_PID=""
-stop_wheel_server() { [ -z "$WHEEL_SERVER_PID" ] || kill "$WHEEL_SERVER_PID" 2>/dev/null || true; }
+WHEEL_INDEX=""
+TORCH_ARGS=()
+stop_wheel_server() {
+    [ -z "$WHEEL_SERVER_PID" ] || kill "$WHEEL_SERVER_PID" 2>/dev/null || true
+    [ -z "$WHEEL_INDEX" ] || rm -rf "$WHEEL_INDEX"
+    WHEEL_SERVER_PID="" WHEEL_INDEX=""
+}
 trap stop_wheel_server EXIT
-torch_index_args() {
-    local wheels="${ELF_TORCH_WHEELS:-/opt/wheels}" wheel index port
+start_wheel_server() {
+    local wheels="${ELF_TORCH_WHEELS:-/opt/wheels}" wheel port
     wheel="$(ls "$wheels"/torch-*+cpu-cp311-*.whl 2>/dev/null | head -n1 || true)"
     [ -n "$wheel" ] || return 0  # the Dockerfile's default: the PyTorch CPU index
-    index="$(mktemp -d "${TMPDIR:-/tmp}/elf-torch-index.XXXXXX")"
-    mkdir "$index/torch"
-    cp "$wheel" "$index/torch/"
+    WHEEL_INDEX="$(mktemp -d "${TMPDIR:-/tmp}/elf-torch-index.XXXXXX")"
+    mkdir "$WHEEL_INDEX/torch"
+    cp "$wheel" "$WHEEL_INDEX/torch/"
     port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-    python3 -m http.server --bind 127.0.0.1 --directory "$index" "$port" >/dev/null 2>&1 &
+    python3 -m http.server --bind 127.0.0.1 --directory "$WHEEL_INDEX" "$port" >/dev/null 2>&1 &
     WHEEL_SERVER_PID=$!
     for _ in $(seq 50); do
         python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/torch/')" \
@@ -103,7 +110,7 @@ torch_index_args() {
         sleep 0.1
     done
     log "torch wheel $(basename "$wheel") offered on 127.0.0.1:$port"
-    echo "--build-arg TORCH_INDEX_URL=http://127.0.0.1:$port/"
+    TORCH_ARGS=(--build-arg "TORCH_INDEX_URL=http://127.0.0.1:$port/")
 }
 
 wanted base && build_base
@@ -115,8 +122,8 @@ if wanted train; then
     if exists elf-train:cpu && [ "$FORCE" = 0 ]; then
         log "elf-train:cpu exists, skipped"
     else
-        # shellcheck disable=SC2046
-        build elf-train:cpu docker/Dockerfile.train $(torch_index_args)
+        start_wheel_server
+        build elf-train:cpu docker/Dockerfile.train "${TORCH_ARGS[@]}"
         stop_wheel_server
     fi
 fi
