@@ -1,4 +1,5 @@
-# Two commands matter: `make test` and `make serve`. Both set themselves up from nothing.
+# Two commands matter: `make test` and `make serve`. Both set themselves up from nothing
+# (`make test` also installs the Debian packages its tests need: `make system`).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,17 +9,23 @@ MODEL_DIR ?= models/fashion-mnist-lt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: test lint typecheck pytest serve model dev clean
+.PHONY: test lint typecheck pytest serve model dev clean system
+
+# Debian packages the tests need (python3-venv, prometheus, nginx, ...): the list is
+# scripts/system-packages.txt. Installs only what is missing (root and apt-get needed then);
+# otherwise one line says what to install.
+system:
+	@sh scripts/setup-system.sh
 
 # Development venv: torch (CPU build) first, so nothing pulls a CUDA build, then the project.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml | system
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[train,cpu,dev]"
 	touch $@
 
-dev: $(VENV)/.installed
+dev: system $(VENV)/.installed
 
 lint: dev
 	$(VENV)/bin/ruff check .

@@ -1,19 +1,23 @@
-"""Tables of the accuracy benchmark (markdown + JSON) from the runs' metrics.json files."""
+"""The accuracy report (markdown + JSON), built only from the committed per-run result files.
+
+Every number is a mean ± sample standard deviation over the seeds a row has (the std is shown
+only with two seeds or more).
+"""
 
 from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 GROUPS = ("head", "middle", "tail")
+Stat = dict[str, float | int | None]
 
 
-def _stat(values: Sequence[float | None]) -> dict[str, float | int | None]:
+def stat(values: Sequence[float | None]) -> Stat:
     vals = [v for v in values if v is not None]
     if not vals:
         return {"mean": None, "std": None, "n": 0}
@@ -21,122 +25,172 @@ def _stat(values: Sequence[float | None]) -> dict[str, float | int | None]:
     return {"mean": statistics.fmean(vals), "std": std, "n": len(vals)}
 
 
-def _point(runs: list[dict[str, Any]], get: Any) -> dict[str, Any]:
-    """Mean/std over seeds of one operating point's balanced top-1, groups and FLOPs saved."""
+def _point(runs: list[dict[str, Any]], get: Callable[[dict[str, Any]], dict[str, Any]]) -> Any:
     points = [get(r) for r in runs]
-    out: dict[str, Any] = {"balanced_top1": _stat([p["balanced_top1"] for p in points])}
-    for g in GROUPS:
-        out[g] = _stat([p["groups"].get(g) for p in points])
-    if "flops_saved" in points[0]:
-        out["flops_saved"] = _stat([p["flops_saved"] for p in points])
-        out["thresholds"] = [p["thresholds"] for p in points]
-        out["exit_rates"] = [p["exit_rates"] for p in points]
+    keys = ("balanced_top1", *GROUPS, "flops_saved")
+    return {k: stat([p.get(k) for p in points]) for k in keys if k in points[0]}
+
+
+def _tail_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per tail tolerance (None: plain calibration): test numbers and the differences to plain,
+    over the runs that have tail-protected results."""
+    have = [r for r in runs if r["tail_protected"]]
+    if not have:
+        return []
+    out = []
+    for i, entry in enumerate(have[0]["tail_protected"]):
+        pts = [r["tail_protected"][i]["test"] for r in have]
+        plain = [r["tail_protected"][0]["test"] for r in have]
+        out.append({
+            "tail_tolerance": entry["tail_tolerance"], "seeds": [r["seed"] for r in have],
+            **{k: stat([p[k] for p in pts]) for k in ("balanced_top1", "tail", "flops_saved")},
+            "tail_gain": stat([p["tail"] - q["tail"] for p, q in zip(pts, plain, strict=True)]),
+            "flops_cost": stat([q["flops_saved"] - p["flops_saved"]
+                                for p, q in zip(pts, plain, strict=True)]),
+        })  # fmt: skip
     return out
 
 
+def _exit(r: dict[str, Any], k: int) -> dict[str, Any]:
+    exit_k: dict[str, Any] = r["test"]["exits"][k]
+    return exit_k
+
+
+def _val_chosen(r: dict[str, Any]) -> dict[str, Any]:
+    return r["val"]["chosen"] or {"balanced_top1": None}  # None: not kept (imported runs)
+
+
 def summarize_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    K = len(runs[0]["test"]["exits"])
+    k = len(runs[0]["test"]["exits"])
     return {
         "seeds": [r["seed"] for r in runs],
         "method": runs[0]["method"],
         "loss": runs[0]["loss"],
-        "exits": [_point(runs, lambda r, k=k: r["test"]["exits"][k]) for k in range(K)],
-        "early_exit_best": _point(runs, lambda r: r["test"]["calibrated_best"]),
-        "early_exit_chosen": _point(runs, lambda r: r["test"]["calibrated_chosen"]),
-        "val_best_balanced_top1": _stat(
-            [r["val"]["calibration"]["best"]["balanced_top1"] for r in runs]
-        ),
+        "row_args": runs[0]["row_args"],
+        "exits": [_point(runs, partial(_exit, k=i)) for i in range(k)],
+        "best": _point(runs, lambda r: r["test"]["best"]),
+        "chosen": _point(runs, lambda r: r["test"]["chosen"]),
+        "val_best_balanced_top1": stat([r["val"]["best"]["balanced_top1"] for r in runs]),
+        "val_chosen": _point(runs, _val_chosen),
+        "tail_protected": _tail_rows(runs),
     }
 
 
-def _pct(s: dict[str, Any]) -> str:
-    if s["mean"] is None:
+def summarize(results: list[dict[str, Any]], order: Sequence[str]) -> dict[str, Any]:
+    """Rows in `order` first (then any other), each over its seeds in ascending order."""
+    by_row: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(results, key=lambda r: r["seed"]):
+        by_row.setdefault(r["row"], []).append(r)
+    names = [n for n in order if n in by_row] + sorted(set(by_row) - set(order))
+    return {n: summarize_row(by_row[n]) for n in names}
+
+
+def pct(s: Stat | None) -> str:
+    if s is None or s["mean"] is None:
         return "-"
-    text = f"{100 * s['mean']:.1f}"
-    return text + (f" ± {100 * s['std']:.1f}" if s["n"] > 1 else "")
+    text = f"{100 * float(s['mean']):.1f}"
+    return text + (f" ± {100 * float(s['std'] or 0):.1f}" if int(s["n"] or 0) > 1 else "")
 
 
-def _hmt(p: dict[str, Any]) -> str:
-    return " / ".join(_pct(p[g]) for g in GROUPS)
-
-
-def _tables(summary: dict[str, dict[str, Any]]) -> list[str]:
-    K = max(len(s["exits"]) for s in summary.values())
-    exit_cols = [f"exit {k} alone" for k in range(K - 1)] + ["final exit alone"]
-    head = ["row", "seeds", *exit_cols, "early exit, best", "FLOPs saved", "early exit, ≤0.5 pt",
-            "FLOPs saved"]  # fmt: skip
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row, s in summary.items():
-        best, chosen = s["early_exit_best"], s["early_exit_chosen"]
-        cells = [row, str(len(s["seeds"])), *(_pct(e["balanced_top1"]) for e in s["exits"]),
-                 _pct(best["balanced_top1"]), _pct(best["flops_saved"]),
-                 _pct(chosen["balanced_top1"]), _pct(chosen["flops_saved"])]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Head / middle / tail thirds of the classes (by training frequency), %:", ""]
-    head = ["row", *exit_cols, "early exit, best", "early exit, ≤0.5 pt"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row, s in summary.items():
-        cells = [row, *(_hmt(e) for e in s["exits"])]
-        cells += [_hmt(s["early_exit_best"]), _hmt(s["early_exit_chosen"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        )
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
+def _main_table(summary: dict[str, Any]) -> list[str]:
+    head = [
+        "row",
+        "seeds",
+        "final exit alone",
+        "best: balanced",
+        "best: tail",
+        "best: FLOPs saved",
+        "≤0.5 pt: balanced",
+        "≤0.5 pt: tail",
+        "≤0.5 pt: FLOPs saved",
+    ]
+    rows = [[n, ",".join(map(str, s["seeds"])), pct(s["exits"][-1]["balanced_top1"]),
+             *(pct(s[p][k]) for p in ("best", "chosen")
+               for k in ("balanced_top1", "tail", "flops_saved"))]
+            for n, s in summary.items()]  # fmt: skip
+    return _table(head, rows)
+
+
+def _groups_table(summary: dict[str, Any]) -> list[str]:
+    k = max(len(s["exits"]) for s in summary.values())
+    head = ["row", *(f"exit {i} alone" for i in range(k - 1)), "final exit alone",
+            "early exit, best", "early exit, ≤0.5 pt"]  # fmt: skip
+    rows = []
+    for n, s in summary.items():
+        pts = [*s["exits"], s["best"], s["chosen"]]
+        rows.append([n, *(" / ".join(pct(p[g]) for g in ("balanced_top1", *GROUPS)) for p in pts)])
+    return _table(head, rows)
+
+
+def _tail_table(summary: dict[str, Any]) -> list[str]:
+    head = ["row", "seeds", "tail tolerance", "balanced", "tail", "FLOPs saved",
+            "tail gained vs plain", "FLOPs saved given up vs plain"]  # fmt: skip
+    rows = []
+    for n, s in summary.items():
+        for t in s["tail_protected"]:
+            tol = "plain" if t["tail_tolerance"] is None else f"{100 * t['tail_tolerance']:g} pt"
+            rows.append([n, ",".join(map(str, t["seeds"])), tol, pct(t["balanced_top1"]),
+                         pct(t["tail"]), pct(t["flops_saved"]), pct(t["tail_gain"]),
+                         pct(t["flops_cost"])])  # fmt: skip
+    return _table(head, rows) if rows else ["(no run with saved predictions yet)"]
+
+
+def _val_table(summary: dict[str, Any]) -> list[str]:
+    head = ["row", "seeds", "val best: balanced", "val ≤0.5 pt: balanced", "val ≤0.5 pt: tail",
+            "val ≤0.5 pt: FLOPs saved"]  # fmt: skip
+    rows = [[n, ",".join(map(str, s["seeds"])), pct(s["val_best_balanced_top1"]),
+             *(pct(s["val_chosen"].get(k)) for k in ("balanced_top1", "tail", "flops_saved"))]
+            for n, s in summary.items()]  # fmt: skip
+    return _table(head, rows)
+
+
+INTRO = """Balanced top-1 (%) on the balanced test set of {dataset} ({arch}, {epochs} epochs).
+Early-exit thresholds are chosen on the validation split, never on test: 'best' is the best
+point of the threshold curve, '≤0.5 pt' the cheapest point within 0.5 points of it. Tail = the
+third of the classes with the fewest training images ({tail}). FLOPs saved = 1 - expected
+executed / backbone FLOPs (exit heads included in executed). Mean ± sample std over the seeds
+listed."""
 
 
 def write_report(
     stem: Path,
-    results: dict[str, list[dict[str, Any]]],
-    rows: dict[str, str],
+    results: list[dict[str, Any]],
+    order: Sequence[str],
     *,
-    command: str,
-    epochs: int,
-    seeds: Sequence[int],
-) -> None:
-    """Writes stem.md and stem.json."""
-    summary = {row: summarize_row(runs) for row, runs in results.items()}
-    first = next(iter(results.values()))[0]
-    meta = {
-        "command": command,
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": _commit(),
-        "dataset": first["dataset"],
-        "arch": first["arch"],
-        "epochs": epochs,
-        "seeds": list(seeds),
-        "train_class_counts": first["train_class_counts"],
-        "groups": first["groups"],
-        "row_args": {r: rows[r] for r in results},
-    }
+    missing: Sequence[str],
+    notes: str = "",
+) -> dict[str, Any]:
+    """stem.md and stem.json from the result files; `missing`: lines naming what is not run."""
+    summary = summarize(results, order)
+    first = results[0]
+    runs = [{k: r.get(k) for k in ("row", "seed", "command", "command_source", "commit",
+                                    "finished")} for r in results]  # fmt: skip
+    meta = {"dataset": first["dataset"], "arch": first["arch"], "epochs": first["epochs"],
+            "train_class_counts": first["train_class_counts"], "groups": first["groups"],
+            "runs": runs, "missing": list(missing)}  # fmt: skip
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": summary}, indent=1))
-    md = [
-        f"# Accuracy: ELF and baselines on {meta['dataset']} ({meta['arch']})",
-        "",
-        f"Command: `{command}`  ",
-        f"Epochs per row: {epochs}; seeds: {list(seeds)} (mean ± sample std over seeds where "
-        f"more than one); commit {meta['commit']}; {meta['date']}.  ",
-        f"Training images per class: {meta['train_class_counts']}; groups: {meta['groups']}.",
-        "",
-        "Balanced top-1 (%) on the balanced test set. 'Early exit' thresholds are chosen on the",
-        "validation split (never on test): 'best' is the best point of the threshold curve,",
-        "'≤0.5 pt' the cheapest point within 0.5 points of it; FLOPs saved is 1 - expected",
-        "executed / full backbone FLOPs (exit heads included in executed). An ELF network is",
-        "judged by its early-exit numbers: its final classifier alone sees only hard examples.",
-        "",
-        *_tables(summary),
-        "",
-        "Row arguments (elf-train):",
-        "",
-        *(f"- `{r}`: `{a}`" for r, a in meta["row_args"].items()),
-        "",
-    ]
-    stem.with_suffix(".md").write_text("\n".join(md))
+    intro = INTRO.format(tail=first["groups"]["tail"], **meta)
+    md = [f"# Accuracy: ELF and baselines on {meta['dataset']} ({meta['arch']})", "",
+          "Written by `python -m bench.accuracy report` from the per-run result files in",
+          f"`{stem.name}/` (one per row and seed; `python -m bench.accuracy collect` makes them).",
+          "", intro, "", *_main_table(summary), "",
+          "Balanced / head / middle / tail, %:", "", *_groups_table(summary), "",
+          "## Tail-protected calibration (`elf-export calibrate --tail-tolerance X`)", "",
+          "Same checkpoints, thresholds chosen on validation; 'plain' is the ≤0.5 pt point. Tail",
+          "protection keeps the tail third's validation accuracy within X of its best among the",
+          "points within 0.5 pt; test numbers, and the differences to plain per seed:", "",
+          *_tail_table(summary), "",
+          "## Validation only (how variants are chosen)", "", *_val_table(summary), "",
+          "## Runs and commands", "",
+          *(f"- `{r['row']}` seed {r['seed']}: `{r['command']}` ({r['command_source']}; "
+            f"commit {r['commit'] or 'not recorded'})" for r in runs), "",
+          "## Not run yet", "", *(missing or ["Nothing: every planned row and seed is in."]), "",
+          notes]  # fmt: skip
+    stem.with_suffix(".md").write_text("\n".join(md).rstrip() + "\n")
+    return summary

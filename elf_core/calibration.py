@@ -5,7 +5,9 @@ reaches thresholds[k]; the last exit always answers. The trade-off curve searche
 thresholds for the K-1 auxiliary exits: exhaustively over a candidate grid for K <= 3 exits, by
 coordinate descent on Lagrangian objectives (expected FLOPs - lambda * balanced accuracy)
 beyond. Calibration picks the cheapest point whose balanced accuracy is at most `tolerance` below
-the best point of the curve.
+the best point of the curve; with a `tail_tolerance` (tail protection), that point must also keep
+the protected classes' accuracy (the tail third, or named classes) at most `tail_tolerance` below
+their best among those points.
 """
 
 from __future__ import annotations
@@ -41,16 +43,34 @@ class CurvePoint:
     flops_ratio: float  # expected cumulative FLOPs of the exit taken / full backbone FLOPs
     exit_rates: tuple[float, ...]  # fraction of images leaving at each exit
     exit_accuracy: tuple[float | None, ...]  # top-1 of the images leaving at each exit
+    # Mean recall over the protected classes (tail protection), None when none are protected.
+    protected_accuracy: float | None = None
+
+
+class CalibrationError(ValueError):
+    """Calibration options that cannot apply to these data (e.g. an unknown protected class)."""
+
+
+@dataclass(frozen=True)
+class TailProtection:
+    """What tail protection asked for and what it cost; absent when calibration is plain."""
+
+    tail_tolerance: float
+    classes: tuple[int, ...]  # the protected classes: the tail third unless named
+    named: bool  # True: classes named by the user; False: the tail third
+    reference: float  # their best validation accuracy among the points within `tolerance`
+    plain_chosen: CurvePoint  # what plain calibration (balanced accuracy alone) would choose
 
 
 @dataclass(frozen=True)
 class CalibrationResult:
     tolerance: float
     best: CurvePoint  # highest balanced accuracy on the curve (cheapest among ties)
-    chosen: CurvePoint  # cheapest point within `tolerance` of best
+    chosen: CurvePoint  # cheapest point within `tolerance` of best (and the tail's, if protected)
     final_exit_only: CurvePoint  # every image answered by the final exit
     curve: list[CurvePoint]  # every point searched, sorted by flops_ratio
     pareto: list[CurvePoint]  # the points no other point beats in both FLOPs and accuracy
+    protection: TailProtection | None = None
 
 
 class _Evaluator:
@@ -62,6 +82,7 @@ class _Evaluator:
         labels: np.ndarray,
         cum_flops_ratio: Sequence[float],
         tail_classes: Sequence[int] | None,
+        protected_classes: Sequence[int] | None = None,
     ) -> None:
         check_probs(probs)
         stacked = np.stack([np.asarray(p) for p in probs])  # [K, N, C]
@@ -80,11 +101,19 @@ class _Evaluator:
         self.cum = np.asarray(cum_flops_ratio, dtype=np.float64)
         self.counts = np.bincount(self.labels, minlength=c).astype(np.float64)
         self.present = self.counts > 0
-        tail = np.zeros(c, dtype=bool)
-        if tail_classes is not None:
-            tail[np.asarray(list(tail_classes), dtype=np.int64)] = True
-        self.tail = tail & self.present
+        self.tail = self._mask(tail_classes, c)
+        self.protected = None if protected_classes is None else self._mask(protected_classes, c)
         self.cache: dict[tuple[float, ...], CurvePoint] = {}
+
+    def _mask(self, classes: Sequence[int] | None, c: int) -> np.ndarray:
+        """[C] bool: the given classes that occur in the labels."""
+        mask = np.zeros(c, dtype=bool)
+        if classes is not None:
+            bad = [k for k in classes if not 0 <= k < c]
+            if bad:
+                raise CalibrationError(f"classes {bad} do not exist (the model has {c} classes)")
+            mask[np.asarray(list(classes), dtype=np.int64)] = True
+        return mask & self.present
 
     def point(self, thresholds: Sequence[float]) -> CurvePoint:
         t = exit_thresholds(thresholds, self.k)
@@ -105,6 +134,11 @@ class _Evaluator:
             exit_rates=tuple(exit_rates(idx, self.k)),
             exit_accuracy=tuple(
                 float(h / m) if m else None for h, m in zip(hit_exit, n_exit, strict=True)
+            ),
+            protected_accuracy=(
+                float(recall[self.protected].mean())
+                if self.protected is not None and self.protected.any()
+                else None
             ),
         )
         self.cache[key] = p
@@ -143,9 +177,13 @@ def evaluate_thresholds(
     *,
     tail_classes: Sequence[int] | None = None,
     train_class_counts: Sequence[int] | None = None,
+    protect_classes: Sequence[int] | None = None,
 ) -> CurvePoint:
     """The numbers of one fixed threshold vector (e.g. on the test set after calibration)."""
-    ev = _make_evaluator(probs, labels, cum_flops_ratio, tail_classes, train_class_counts)
+    ev = _make_evaluator(
+        probs, labels, cum_flops_ratio, tail_classes, train_class_counts,
+        protect_classes=protect_classes,
+    )  # fmt: skip
     return ev.point(thresholds)
 
 
@@ -156,11 +194,15 @@ def final_exit_only(
     *,
     tail_classes: Sequence[int] | None = None,
     train_class_counts: Sequence[int] | None = None,
+    protect_classes: Sequence[int] | None = None,
 ) -> CurvePoint:
     """Every image answered by the final exit, i.e. the backbone alone: flops_ratio is 1 by
     definition (no auxiliary heads run). Thresholds are recorded as 1 (never leave early) and the
     point is evaluated exactly (a saturated softmax reaching 1.0 still does not leave early)."""
-    ev = _make_evaluator(probs, labels, cum_flops_ratio, tail_classes, train_class_counts)
+    ev = _make_evaluator(
+        probs, labels, cum_flops_ratio, tail_classes, train_class_counts,
+        protect_classes=protect_classes,
+    )  # fmt: skip
     ev.conf[:-1] = -1.0
     ev.cum[-1] = 1.0
     return ev.point([1.0] * (ev.k - 1))
@@ -175,11 +217,25 @@ def calibrate(
     tail_classes: Sequence[int] | None = None,
     train_class_counts: Sequence[int] | None = None,
     n_quantiles: int = 33,
+    tail_tolerance: float | None = None,
+    protect_classes: Sequence[int] | None = None,
 ) -> CalibrationResult:
-    """Best balanced accuracy on the curve, and the cheapest point at most `tolerance` below it."""
-    if not 0.0 <= tolerance <= 1.0:
-        raise ValueError(f"tolerance must be in [0, 1], got {tolerance}")
+    """Best balanced accuracy on the curve, and the cheapest point at most `tolerance` below it.
+
+    With `tail_tolerance`, the chosen point must also keep the protected classes (`protect_classes`,
+    default the tail third) at most `tail_tolerance` below their best accuracy among the points
+    that meet `tolerance` (so such a point always exists: the one where they are best).
+    """
+    for name, value in (("tolerance", tolerance), ("tail_tolerance", tail_tolerance)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    if protect_classes is not None and tail_tolerance is None:
+        raise CalibrationError("protected classes need a tail tolerance")
     ev = _make_evaluator(probs, labels, cum_flops_ratio, tail_classes, train_class_counts)
+    protected: list[int] | None = None
+    if tail_tolerance is not None:
+        protected = _protected(ev, protect_classes)
+        ev.protected = ev._mask(protected, ev.counts.size)
     cands = _search(ev, n_quantiles)
     if ev.k > EXHAUSTIVE_MAX_EXITS:
         # The Lagrangian sweep only finds the convex hull: refine under the actual constraint.
@@ -190,10 +246,55 @@ def calibrate(
     best = _best(curve)
     floor = best.balanced_accuracy - tolerance - 1e-12
     ok = [p for p in curve if p.balanced_accuracy >= floor]
-    chosen = min(ok, key=lambda p: (p.flops_ratio, -p.balanced_accuracy))
+    if tail_tolerance is not None and ev.k > EXHAUSTIVE_MAX_EXITS:
+        # As above: search the cheapest point under both constraints from the tail's best one.
+        top = max(ok, key=lambda p: p.protected_accuracy or 0.0)
+        pfloor = (top.protected_accuracy or 0.0) - tail_tolerance - 1e-12
+        cost = partial(_both, floor=floor, pfloor=pfloor)
+        descend(ev, cands, top.thresholds[:-1], cost)
+        curve = _distinct(ev.cache.values())
+        ok = [p for p in curve if p.balanced_accuracy >= floor]
+    chosen = _cheapest(ok)
+    protection = None
+    if tail_tolerance is not None and protected is not None:
+        chosen, protection = _protect(ok, tail_tolerance, protected, protect_classes is not None)
     kw = {"tail_classes": tail_classes, "train_class_counts": train_class_counts}
-    final = final_exit_only(probs, labels, cum_flops_ratio, **kw)
-    return CalibrationResult(tolerance, best, chosen, final, curve, pareto_front(curve))
+    final = final_exit_only(probs, labels, cum_flops_ratio, protect_classes=protected, **kw)
+    return CalibrationResult(tolerance, best, chosen, final, curve, pareto_front(curve), protection)
+
+
+def _protected(ev: _Evaluator, protect_classes: Sequence[int] | None) -> list[int]:
+    """The protected classes: the named ones, else the tail third the evaluator knows."""
+    if protect_classes is not None:
+        if not protect_classes:
+            raise CalibrationError("name at least one protected class")
+        return sorted({int(c) for c in protect_classes})
+    if not ev.tail.any():
+        raise CalibrationError("tail protection needs the tail classes (or named classes)")
+    return [int(c) for c in np.flatnonzero(ev.tail)]
+
+
+def _protect(
+    ok: list[CurvePoint], tail_tolerance: float, classes: Sequence[int], named: bool
+) -> tuple[CurvePoint, TailProtection]:
+    """The cheapest of `ok` whose protected accuracy is within tail_tolerance of their best."""
+    acc = [p.protected_accuracy for p in ok]
+    if any(a is None for a in acc):
+        raise CalibrationError(f"no validation images of the protected classes {list(classes)}")
+    reference = max(a for a in acc if a is not None)
+    floor = reference - tail_tolerance - 1e-12
+    kept = [p for p in ok if (p.protected_accuracy or 0.0) >= floor]
+    protection = TailProtection(tail_tolerance, tuple(classes), named, reference, _cheapest(ok))
+    return _cheapest(kept), protection
+
+
+def _both(p: CurvePoint, floor: float, pfloor: float) -> float:
+    ok = p.balanced_accuracy >= floor and (p.protected_accuracy or 0.0) >= pfloor
+    return p.flops_ratio if ok else np.inf
+
+
+def _cheapest(points: list[CurvePoint]) -> CurvePoint:
+    return min(points, key=lambda p: (p.flops_ratio, -p.balanced_accuracy))
 
 
 def _distinct(points: Iterable[CurvePoint]) -> list[CurvePoint]:
@@ -219,10 +320,12 @@ def _make_evaluator(
     cum_flops_ratio: Sequence[float],
     tail_classes: Sequence[int] | None,
     train_class_counts: Sequence[int] | None,
+    *,
+    protect_classes: Sequence[int] | None = None,
 ) -> _Evaluator:
     if tail_classes is None and train_class_counts is not None:
         tail_classes = class_thirds(train_class_counts)[2]
-    return _Evaluator(probs, labels, cum_flops_ratio, tail_classes)
+    return _Evaluator(probs, labels, cum_flops_ratio, tail_classes, protect_classes)
 
 
 def _search(ev: _Evaluator, n_quantiles: int) -> list[list[float]]:

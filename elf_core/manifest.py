@@ -97,6 +97,8 @@ class CalibrationPoint(_Frozen):
     accuracy: Probability | None = None
     flops_ratio: Annotated[float, Field(ge=0.0)]
     exit_rates: list[Probability] = []
+    # Tail protection: mean recall over the protected classes.
+    protected_accuracy: Probability | None = None
 
 
 class Calibration(_Frozen):
@@ -110,6 +112,14 @@ class Calibration(_Frozen):
     test: CalibrationPoint | None = None
     test_final_exit_only: CalibrationPoint | None = None
     curve_file: str | None = "calibration.json"
+    # Tail protection (elf-export calibrate --tail-tolerance): `chosen` also keeps the protected
+    # classes within tail_tolerance of their best validation accuracy (protected_reference) among
+    # the points within `tolerance`; plain_chosen is what balanced accuracy alone would choose.
+    tail_tolerance: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    protected_classes: list[NonNegInt] | None = None
+    protected_reference: Probability | None = None
+    plain_chosen: CalibrationPoint | None = None
+    test_plain_chosen: CalibrationPoint | None = None
 
 
 class Provenance(_Frozen):
@@ -199,6 +209,16 @@ def verify_files(manifest: Manifest, model_dir: Path) -> None:
             )
 
 
+def _validation_errors(exc: ValidationError) -> str:
+    """pydantic's errors on one line: `exits.0.threshold: Input should be ... (got 1.5)`."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(x) for x in err["loc"])
+        got = f" (got {err['input']!r})" if where and not isinstance(err["input"], dict) else ""
+        parts.append(f"{where or 'manifest'}: {err['msg']}{got}")
+    return "; ".join(parts)
+
+
 def load_manifest(model_dir: str | Path, *, verify: bool = True) -> Manifest:
     """Load and validate `model_dir/manifest.json`, and by default check every file's sha256."""
     model_dir = Path(model_dir)
@@ -219,7 +239,7 @@ def load_manifest(model_dir: str | Path, *, verify: bool = True) -> Manifest:
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
-        raise ManifestError(f"{path}: invalid manifest: {exc}") from exc
+        raise ManifestError(f"{path}: invalid manifest: {_validation_errors(exc)}") from exc
     if verify:
         verify_files(manifest, model_dir)
     return manifest
@@ -229,3 +249,43 @@ def write_manifest(manifest: Manifest, model_dir: str | Path) -> Path:
     path = Path(model_dir) / MANIFEST_FILE
     path.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return path
+
+
+# agreement.json (optional): the reference of the server's online audit; computed by
+# elf_core/agreement.py.
+AGREEMENT_FILE = "agreement.json"
+
+
+class ExitAgreement(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    exit: int = Field(ge=0)
+    exited: int = Field(ge=0)  # validation images that left at this exit
+    agree: int = Field(ge=0)  # of those, same class as the final exit
+    agreement: float | None = Field(ge=0.0, le=1.0)  # agree / exited; None when none left here
+
+
+class Agreement(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    split: str
+    images: int = Field(gt=0)
+    thresholds: list[float]  # the operating point it was measured at ([K], last 0)
+    exits: list[ExitAgreement]  # the auxiliary exits 0..K-2
+
+
+def write_agreement(agreement: Agreement, model_dir: Path) -> Path:
+    path = model_dir / AGREEMENT_FILE
+    path.write_text(agreement.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_agreement(model_dir: Path) -> Agreement | None:
+    """agreement.json of a model directory; None when it has none; ValueError names a bad one."""
+    path = model_dir / AGREEMENT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return Agreement.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a valid agreement file ({exc})") from exc

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from elf_core.manifest import (
     sha256_file,
 )
 from training.data import DataSplits
+from training.provenance import git_commit
 
 
 def preprocessing(splits: DataSplits) -> Preprocessing:
@@ -55,25 +55,6 @@ def stage_specs(
             zip(files, specs, per_stage, strict=True)
         )
     ]
-
-
-def git_commit(repo: Path | None = None) -> str | None:
-    """HEAD of the code doing the export, "+dirty" when tracked files differ from it."""
-    cwd = repo or Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+dirty" if dirty else "")
 
 
 def provenance(

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from elf_core.accuracy import class_thirds
-from elf_core.calibration import calibrate, evaluate_thresholds, final_exit_only
+from elf_core.calibration import CurvePoint, calibrate, evaluate_thresholds, final_exit_only
 from elf_core.exits import softmax
 from elf_core.providers import Provider
 from model_export.report import CalibrationOutcome
@@ -58,7 +58,10 @@ def run_calibration(
     providers: Sequence[Provider] = ("CPUExecutionProvider",),
     batch_size: int = 256,
     progress: bool = True,
+    tail_tolerance: float | None = None,
+    protect_classes: Sequence[int] | None = None,
 ) -> CalibrationOutcome:
+    """tail_tolerance: tail protection of the tail third, or of `protect_classes`."""
     runner = StageChain(stage_paths, providers)
     ratio = [c / flops_full for c in cumulative_flops]
     tail = class_thirds(splits.train_class_counts)[2]
@@ -66,7 +69,15 @@ def run_calibration(
         runner, splits.val, splits, batch_size=batch_size, desc="validation", progress=progress
     )
     log.info("calibrating on %d validation images (tolerance %g)", val_labels.size, tolerance)
-    result = calibrate(val_probs, val_labels, ratio, tolerance, tail_classes=tail)
+    result = calibrate(
+        val_probs,
+        val_labels,
+        ratio,
+        tolerance,
+        tail_classes=tail,
+        tail_tolerance=tail_tolerance,
+        protect_classes=protect_classes,
+    )
     log.info(
         "validation: best %.4f at FLOPs %.3f, chosen %.4f at %.3f, final exit alone %.4f",
         result.best.balanced_accuracy,
@@ -79,16 +90,18 @@ def run_calibration(
     test_probs, test_labels = split_probs(
         runner, splits.test, splits, batch_size=batch_size, desc="test", progress=progress
     )
+    pro = result.protection
+    kw = {"tail_classes": tail, "protect_classes": list(pro.classes) if pro else None}
+
+    def at(p: CurvePoint) -> CurvePoint:
+        return evaluate_thresholds(test_probs, test_labels, ratio, p.thresholds, **kw)
 
     return CalibrationOutcome(
         val=result,
-        test_chosen=evaluate_thresholds(
-            test_probs, test_labels, ratio, result.chosen.thresholds, tail_classes=tail
-        ),
-        test_best=evaluate_thresholds(
-            test_probs, test_labels, ratio, result.best.thresholds, tail_classes=tail
-        ),
-        test_final_exit_only=final_exit_only(test_probs, test_labels, ratio, tail_classes=tail),
+        test_chosen=at(result.chosen),
+        test_best=at(result.best),
+        test_final_exit_only=final_exit_only(test_probs, test_labels, ratio, **kw),
+        test_plain_chosen=at(pro.plain_chosen) if pro else None,
         cumulative_flops=[int(c) for c in cumulative_flops],
         flops_full=int(flops_full),
         tail_classes=tail,

@@ -1,12 +1,14 @@
 """elf-export: checkpoint -> model directory; `elf-export calibrate`: new thresholds for one.
 
 elf-export --checkpoint runs/x/checkpoint.pt --out models/NAME [--tolerance 0.005]
-elf-export calibrate --model-dir models/NAME [--tolerance 0.005]
+elf-export calibrate --model-dir models/NAME [--tolerance 0.005] [--tail-tolerance 0.01
+    [--protect-classes 7,8,9]]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import re
 import shlex
@@ -14,10 +16,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from elf_core.calibration import CalibrationError
 from elf_core.manifest import MODEL_NAME_PATTERN, ManifestError
 from model_export.export import ExportConfig, export_checkpoint, recalibrate
 from model_export.report import summary_table
 from model_export.verify import VerificationError
+from training.checkpoint import CheckpointError
+from training.cli_errors import OneLineParser, add_log_level, positive_int, run_reporting_errors
 from training.data import DatasetError
 
 # Libraries that log every optimisation pass at INFO.
@@ -33,6 +38,18 @@ def _tolerance(text: str) -> float:
     return value
 
 
+def _classes(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"class indices separated by commas, got {text!r}"
+        ) from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"class indices must be >= 0, got {text!r}")
+    return values
+
+
 def _name(text: str) -> str:
     if not re.fullmatch(MODEL_NAME_PATTERN, text):
         raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '.', '_', '-' only")
@@ -46,14 +63,33 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=0.005,
         help="balanced accuracy the chosen point may lose against the best point (default 0.005)",
     )
+    p.add_argument(
+        "--tail-tolerance",
+        type=_tolerance,
+        help="tail protection: the chosen point must also keep the tail third's (or the "
+        "--protect-classes') validation accuracy within this of their best (e.g. 0.01)",
+    )
+    p.add_argument(
+        "--protect-classes",
+        type=_classes,
+        metavar="I,J,...",
+        help="tail protection of these class indices instead of the tail third "
+        "(needs --tail-tolerance)",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="ONNX Runtime device")
-    p.add_argument("--batch-size", type=int, default=256, help="images per batch in calibration")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=256, help="images per batch in calibration"
+    )
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_log_level(p)
+    p.add_argument(
+        "-v", "--verbose", action="store_const", const="debug", dest="log_level",
+        help="the same as --log-level debug",
+    )  # fmt: skip
 
 
 def export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="elf-export",
         description="Export a trained ELF checkpoint to a verified, calibrated model directory. "
         "Use `elf-export calibrate --help` to recalibrate an existing one.",
@@ -67,7 +103,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 
 def calibrate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="elf-export calibrate",
         description="Choose new exit thresholds for an exported model directory on its "
         "validation split; rewrites calibration.json/.png and the manifest.",
@@ -77,9 +113,15 @@ def calibrate_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(verbose: bool) -> None:
+def _checked(parser: argparse.ArgumentParser, a: argparse.Namespace) -> argparse.Namespace:
+    if a.protect_classes is not None and a.tail_tolerance is None:
+        parser.error("--protect-classes needs --tail-tolerance")
+    return a
+
+
+def _setup_logging(level: str) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
@@ -94,22 +136,31 @@ def _say(text: str) -> None:
 
 
 # Failures a user can act on: reported as one line naming the file, without a traceback.
-_USER_ERRORS = (ManifestError, VerificationError, DatasetError, FileExistsError, FileNotFoundError)
+_USER_ERRORS = (
+    CalibrationError,
+    ManifestError,
+    VerificationError,
+    DatasetError,
+    CheckpointError,
+    OSError,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if args_list[:1] == ["calibrate"]:
-            return _calibrate(calibrate_parser().parse_args(args_list[1:]))
-        return _export(export_parser().parse_args(args_list), args_list)
-    except _USER_ERRORS as exc:
-        sys.stderr.write(f"elf-export: error: {exc}\n")
-        return 1
+    if args_list[:1] == ["calibrate"]:
+        parser = calibrate_parser()
+        a = _checked(parser, parser.parse_args(args_list[1:]))
+        work = functools.partial(_calibrate, a)
+    else:
+        parser = export_parser()
+        a = _checked(parser, parser.parse_args(args_list))
+        work = functools.partial(_export, a, args_list)
+    return run_reporting_errors(parser.prog, work, _USER_ERRORS, a.log_level == "debug")
 
 
 def _export(a: argparse.Namespace, argv: list[str]) -> int:
-    _setup_logging(a.verbose)
+    _setup_logging(a.log_level)
     cfg = ExportConfig(
         out=a.out,
         tolerance=a.tolerance,
@@ -119,6 +170,8 @@ def _export(a: argparse.Namespace, argv: list[str]) -> int:
         batch_size=a.batch_size,
         progress=not a.no_progress,
         command=shlex.join(["elf-export", *argv]),
+        tail_tolerance=a.tail_tolerance,
+        protect_classes=a.protect_classes,
     )
     res = export_checkpoint(a.checkpoint, cfg)
     f = res.flops
@@ -138,9 +191,15 @@ def _export(a: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _calibrate(a: argparse.Namespace) -> int:
-    _setup_logging(a.verbose)
+    _setup_logging(a.log_level)
     manifest, outcome = recalibrate(
-        a.model_dir, a.tolerance, a.device, a.batch_size, progress=not a.no_progress
+        a.model_dir,
+        a.tolerance,
+        a.device,
+        a.batch_size,
+        progress=not a.no_progress,
+        tail_tolerance=a.tail_tolerance,
+        protect_classes=a.protect_classes,
     )
     _say(f"\nrecalibrated {manifest.name} in {a.model_dir}")
     _say(summary_table(outcome))

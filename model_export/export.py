@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +34,7 @@ from elf_core.manifest import (
     write_manifest,
 )
 from elf_core.providers import Provider
+from model_export.agreement_run import measure_agreement
 from model_export.build import (
     check_destination,
     move_into_place,
@@ -80,6 +81,9 @@ class ExportConfig:
     parity_images: int = 256
     progress: bool = True
     command: str | None = None  # recorded in the manifest's provenance
+    # Tail protection (see elf_core.calibration.calibrate); None: plain calibration.
+    tail_tolerance: float | None = None
+    protect_classes: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,8 @@ def validation_calibration(
             providers=providers,
             batch_size=cfg.batch_size,
             progress=cfg.progress,
+            tail_tolerance=cfg.tail_tolerance,
+            protect_classes=cfg.protect_classes,
         )
         write_curve(outcome, model_dir)
         write_plot(outcome, model_dir, name)
@@ -148,8 +154,10 @@ def export_checkpoint(checkpoint: Path, cfg: ExportConfig) -> ExportResult:
     net, config = load_model(checkpoint)
     splits = build_splits(load_train_config(config).data)
     command = cfg.command
-    if state.get("command"):
-        command = f"train: {state['command']}; export: {cfg.command}"
+    # elf-train records its command line in the checkpoint (and in its config since then).
+    train_command = state.get("command") or config.get("command")
+    if train_command:
+        command = f"train: {train_command}; export: {cfg.command}"
     epochs = int(state.get("epoch", config.get("epochs", 0)))
     commit = str(state["commit"]) if state.get("commit") else None
     card = ModelCard(
@@ -163,7 +171,13 @@ def export_checkpoint(checkpoint: Path, cfg: ExportConfig) -> ExportResult:
     x = normalize(splits.val.batch(torch.arange(n)).numpy(), splits.mean, splits.std)
     step = validation_calibration(splits, cfg, model_name(cfg), providers)
     extra = {CONFIG_FILE: json.dumps(config, indent=1) + "\n"}
-    return export_model(net, card, cfg, parity_inputs=x, calibrate=step, extra_files=extra)
+
+    def agreement(model_dir: Path) -> object:
+        return measure_agreement(model_dir, splits, cfg.device, cfg.batch_size, cfg.progress)
+
+    return export_model(
+        net, card, cfg, parity_inputs=x, calibrate=step, extra_files=extra, after_manifest=agreement
+    )
 
 
 def model_name(cfg: ExportConfig) -> str:
@@ -179,10 +193,12 @@ def export_model(
     calibrate: CalibrationStep,
     relative_parity: bool = False,
     extra_files: dict[str, str] | None = None,
+    after_manifest: Callable[[Path], object] | None = None,
 ) -> ExportResult:
     """Export `net` into cfg.out: stage graphs and full.onnx, checked (ONNX checker, batch sizes,
     parity with torch on `parity_inputs`, normalized [N, C, H, W], FLOPs cross-check), then
-    calibrated by `calibrate`, with the manifest written and loaded back, all in a staging
+    calibrated by `calibrate`, with the manifest written and loaded back (then `after_manifest`
+    on the staged directory), all in a staging
     directory that replaces cfg.out only when everything passed."""
     out = cfg.out.resolve()
     name = model_name(cfg)
@@ -223,6 +239,8 @@ def export_model(
         )
         write_manifest(manifest, tmp)
         load_manifest(tmp)  # validates and checks every sha256 as the server will
+        if after_manifest is not None:  # e.g. agreement.json, which reads the manifest
+            after_manifest(tmp)
         move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -237,9 +255,13 @@ def recalibrate(
     device: str = "cpu",
     batch_size: int = 256,
     progress: bool = True,
+    *,
+    tail_tolerance: float | None = None,
+    protect_classes: tuple[int, ...] | None = None,
 ) -> tuple[Manifest, CalibrationOutcome]:
     """Choose new thresholds for an existing model directory (same graphs, same validation split)
-    and rewrite calibration.json/.png and the manifest's thresholds and calibration."""
+    and rewrite calibration.json/.png and the manifest's thresholds and calibration; with
+    `tail_tolerance`, tail-protected (see elf_core.calibration.calibrate)."""
     manifest = load_manifest(model_dir)
     config_path = model_dir / CONFIG_FILE
     if not config_path.is_file():
@@ -255,6 +277,8 @@ def recalibrate(
         providers=providers_for(device),
         batch_size=batch_size,
         progress=progress,
+        tail_tolerance=tail_tolerance,
+        protect_classes=protect_classes,
     )
     exits = exit_specs(outcome.val.chosen.thresholds, outcome.cumulative_flops)
     updated = Manifest.model_validate(
@@ -270,4 +294,5 @@ def recalibrate(
     tmp = model_dir / (MANIFEST_FILE + ".tmp")
     tmp.write_text(updated.model_dump_json(indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, model_dir / MANIFEST_FILE)
+    measure_agreement(model_dir, splits, device, batch_size, progress)  # new thresholds
     return updated, outcome

@@ -30,6 +30,8 @@ class CalibrationOutcome:
     tail_classes: list[int]
     val_images: int
     test_images: int
+    # Tail protection: plain calibration's choice measured on test, for the comparison.
+    test_plain_chosen: CurvePoint | None = None
 
 
 def point_dict(p: CurvePoint) -> dict[str, Any]:
@@ -55,10 +57,12 @@ def manifest_point(p: CurvePoint) -> CalibrationPoint:
         accuracy=p.accuracy,
         flops_ratio=p.flops_ratio,
         exit_rates=list(p.exit_rates),
+        protected_accuracy=p.protected_accuracy,
     )
 
 
 def manifest_calibration(o: CalibrationOutcome) -> Calibration:
+    pro = o.val.protection
     return Calibration(
         split="validation",
         metric="balanced_accuracy",
@@ -69,7 +73,28 @@ def manifest_calibration(o: CalibrationOutcome) -> Calibration:
         test=manifest_point(o.test_chosen),
         test_final_exit_only=manifest_point(o.test_final_exit_only),
         curve_file=CURVE_FILE,
+        tail_tolerance=pro.tail_tolerance if pro else None,
+        protected_classes=list(pro.classes) if pro else None,
+        protected_reference=pro.reference if pro else None,
+        plain_chosen=manifest_point(pro.plain_chosen) if pro else None,
+        test_plain_chosen=manifest_point(o.test_plain_chosen) if o.test_plain_chosen else None,
     )
+
+
+def protection_json(o: CalibrationOutcome) -> dict[str, Any]:
+    """calibration.json's tail-protection entries (empty for plain calibration)."""
+    pro = o.val.protection
+    if pro is None:
+        return {}
+    return {
+        "tail_protection": {
+            "tail_tolerance": pro.tail_tolerance,
+            "protected_classes": list(pro.classes),
+            "protected": "named classes" if pro.named else "tail third",
+            "reference": _round(pro.reference),
+            "plain_chosen": point_dict(pro.plain_chosen),
+        }
+    }
 
 
 def exit_specs(thresholds: Sequence[float], cumulative_flops: Sequence[int]) -> list[ExitSpec]:
@@ -95,6 +120,7 @@ def curve_json(o: CalibrationOutcome) -> dict[str, Any]:
         "best": point_dict(v.best),
         "chosen": point_dict(v.chosen),
         "final_exit_only": point_dict(v.final_exit_only),
+        **protection_json(o),
         "pareto": [point_dict(p) for p in v.pareto],
         "curve": [point_dict(p) for p in v.curve],
         "test": {
@@ -103,6 +129,11 @@ def curve_json(o: CalibrationOutcome) -> dict[str, Any]:
             "chosen": point_dict(o.test_chosen),
             "best": point_dict(o.test_best),
             "final_exit_only": point_dict(o.test_final_exit_only),
+            **(
+                {"plain_chosen": point_dict(o.test_plain_chosen)}
+                if o.test_plain_chosen is not None
+                else {}
+            ),
         },
     }
 
@@ -193,7 +224,27 @@ def summary_table(o: CalibrationOutcome) -> str:
             f"{100 * final.balanced_accuracy:.2f}%), tail {_pct(p.tail_accuracy)}, "
             f"FLOPs ratio {p.flops_ratio:.3f} (saved {100 * (1 - p.flops_ratio):.1f}%)"
         )
+        plain = _plain(o, split)
+        if plain is not None:
+            lines.append(_protection_line(o, p, plain))
     return "\n".join(lines)
+
+
+def _plain(o: CalibrationOutcome, split: str) -> CurvePoint | None:
+    if o.val.protection is None:
+        return None
+    return o.val.protection.plain_chosen if split == "validation" else o.test_plain_chosen
+
+
+def _protection_line(o: CalibrationOutcome, p: CurvePoint, plain: CurvePoint) -> str:
+    pro = o.val.protection
+    assert pro is not None
+    return (
+        f"  tail protection (tolerance {100 * pro.tail_tolerance:g} pt on classes "
+        f"{list(pro.classes)}): protected {_pct(p.protected_accuracy)} vs "
+        f"{_pct(plain.protected_accuracy)} and FLOPs saved {100 * (1 - p.flops_ratio):.1f}% vs "
+        f"{100 * (1 - plain.flops_ratio):.1f}% at plain calibration's point"
+    )
 
 
 def _pct(v: float | None) -> str:

@@ -9,12 +9,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Response
 from starlette.concurrency import run_in_threadpool
 
+from server.adaptive import start_controller
 from server.api import admin, v1, v2
 from server.api.errors import install_error_handlers
 from server.api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from server.metrics import Metrics
 from server.registry import load_models
 from server.settings import Settings
+from server.shared_state import ThresholdStore, follow_overrides
 from server.state import AppState
 
 log = logging.getLogger(__name__)
@@ -28,13 +30,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Readiness only after every stage of every model ran at every batch size.
         state.registry = await run_in_threadpool(load_models, settings, state.metrics)
+        if settings.state_dir is not None:
+            state.store = ThresholdStore(settings.state_dir)
+            follow_overrides(state.store, state.registry, state.metrics)
+        for model in state.registry.models.values():
+            start_controller(model, settings, state.metrics)
         state.ready = True
         try:
             yield
         finally:
             # uvicorn has already let in-flight requests finish; answer whatever is still queued.
             state.ready = False
+            if state.store is not None:
+                state.store.stop()
             await run_in_threadpool(state.models.stop, settings.request_timeout_s)
+            state.metrics.process_exited()
             log.info("batchers stopped")
 
     app = FastAPI(title="ELF serving", version="0.1.0", lifespan=lifespan)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 
 import uvicorn
 from pydantic import ValidationError
 
+from server.metrics import prepare_multiprocess
 from server.settings import Settings, unknown_variables
 
 # flag -> settings field (the environment variable is ELF_<FIELD>).
@@ -22,6 +24,7 @@ _FLAGS = {
     "max_queue_size": "images admitted per model before 503",
     "request_timeout_s": "per-request timeout (504)",
     "intra_op_threads": "ONNX Runtime threads per session (0 = CPUs / workers)",
+    "state_dir": "directory of state shared by workers and kept across restarts",
 }
 
 
@@ -59,6 +62,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     for name in unknown_variables():
         logging.getLogger("elf-serve").warning("%s is not a setting of elf-serve; ignored", name)
+    made = prepare_multiprocess(settings.workers)  # before any worker imports prometheus_client
+    try:
+        _run(args, settings)
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> None:
     uvicorn.run(
         "server.app:app_from_env",
         factory=True,

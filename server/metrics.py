@@ -1,8 +1,24 @@
-"""Prometheus metrics (DESIGN.md "Metrics"): one registry per app, base units, low cardinality."""
+"""Prometheus metrics (DESIGN.md "Metrics"): one registry per app, base units, low cardinality.
+
+With several worker processes (PROMETHEUS_MULTIPROC_DIR set before prometheus_client is imported;
+`elf-serve --workers N` does it), every worker writes its values to files in that directory and
+/metrics renders all of them with prometheus_client's MultiProcessCollector: counters and
+histograms are summed over the workers (live and exited); each gauge states its aggregation
+(`multiprocess_mode`, ignored in a single process):
+  elf_queue_depth        livesum  images waiting in all live workers together
+  elf_exit_threshold     liveall  one series per live worker (label pid): shows a worker that
+                                  has not caught up with the state directory
+  elf_model_info         livemax  1 while any live worker serves the model
+  elf_audit_expected_agreement  livemax  a property of the model directory, the same everywhere
+  elf_operating_point_*  liveall  one series per live worker (each runs its own controller)
+"""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from prometheus_client import (
@@ -12,7 +28,35 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def prepare_multiprocess(workers: int) -> Path | None:
+    """Before the workers start: point PROMETHEUS_MULTIPROC_DIR at an empty directory.
+
+    A directory the operator set is emptied of its *.db files (prometheus_client requires a
+    clean directory per run); otherwise, with several workers, a temporary one is made and
+    returned (the caller removes it at exit). One worker without the variable: nothing to do.
+    """
+    given = multiprocess_dir()
+    if given is not None:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        for old in Path(given).glob("*.db"):
+            old.unlink()
+        return None
+    if workers <= 1:
+        return None
+    made = Path(tempfile.mkdtemp(prefix="elf-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(made)
+    return made
+
 
 # Seconds, from 50 us: a small model's stage runs in well under a millisecond.
 LATENCY_BUCKETS = (
@@ -99,13 +143,18 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "elf_queue_depth", "Images waiting in the batcher (all stages)", ["model"], registry=r
+            "elf_queue_depth",
+            "Images waiting in the batcher (all stages)",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.exit_threshold = Gauge(
             "elf_exit_threshold",
             "Current default confidence threshold per exit",
             ["model", "exit"],
             registry=r,
+            multiprocess_mode="liveall",
         )
         self.rejected = Counter(
             "elf_rejected", "Requests refused, by reason", ["reason"], registry=r
@@ -114,6 +163,65 @@ class Metrics:
             "elf_model_info",
             "Loaded models (value 1)",
             ["model", "version", "providers"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+
+        self._audit_and_controller(r)
+
+    def _audit_and_controller(self, r: CollectorRegistry) -> None:
+        # server/batching/audit.py: early answers finished at full depth on spare capacity.
+        self.audit_images = Counter(
+            "elf_audit_images",
+            "Early-exited images finished at the final exit to audit them, by exit taken",
+            ["model", "exit"],
+            registry=r,
+        )
+        self.audit_agree = Counter(
+            "elf_audit_agree",
+            "Audited images whose early answer equals the final exit's class",
+            ["model", "exit"],
+            registry=r,
+        )
+        self.audit_dropped = Counter(
+            "elf_audit_dropped",
+            "Images chosen for audit and dropped (full, stale, shutdown, error)",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.audit_expected = Gauge(
+            "elf_audit_expected_agreement",
+            "Agreement of each exit with the final exit on the validation split (export time)",
+            ["model", "exit"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        # server/batching/controller.py: the load-adaptive operating point.
+        self.point_accuracy = Gauge(
+            "elf_operating_point_accuracy",
+            "Validation balanced top-1 of the default thresholds in use (0..1)",
+            ["model"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.point_flops = Gauge(
+            "elf_operating_point_flops_ratio",
+            "Validation FLOPs ratio (executed / full) of the default thresholds in use",
+            ["model"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.point_at_floor = Gauge(
+            "elf_operating_point_at_floor",
+            "1 when the controller is at its cheapest allowed point (ELF_MIN_ACCURACY)",
+            ["model"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.point_moves = Counter(
+            "elf_operating_point_moves",
+            "Moves of the default thresholds by the load controller, by direction",
+            ["model", "direction"],
             registry=r,
         )
 
@@ -140,4 +248,17 @@ class Metrics:
         self.child(self.flops_full, model).inc(flops_full)
 
     def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """This app's registry, or every worker's values in multiprocess mode."""
+        path = multiprocess_dir()
+        if path is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=path)
+        return generate_latest(merged), CONTENT_TYPE_LATEST
+
+    @staticmethod
+    def process_exited() -> None:
+        """Drop this worker's live gauges from the shared files (its counters stay summed)."""
+        path = multiprocess_dir()
+        if path is not None:
+            multiprocess.mark_process_dead(os.getpid(), path)

@@ -12,8 +12,17 @@ from typing import Any, Literal
 import numpy as np
 
 from elf_core.exits import check_thresholds, exit_thresholds
-from elf_core.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
+from elf_core.manifest import (
+    MANIFEST_FILE,
+    Agreement,
+    Manifest,
+    ManifestError,
+    load_agreement,
+    load_manifest,
+)
+from server.batching.audit import Auditor
 from server.batching.batcher import Batcher
+from server.batching.controller import ControllerThread
 from server.engine.runner import OnnxStageRunner
 from server.engine.sessions import load_stage_sessions
 from server.metrics import Metrics
@@ -37,6 +46,8 @@ class ServedModel:
     batcher: Batcher
     curve: Any | None  # calibration.json, as exported
     thresholds: tuple[float, ...]  # current defaults, K values (the last is 0)
+    agreement: Agreement | None = None  # agreement.json: expected agreement per exit
+    controller: ControllerThread | None = None  # ELF_LATENCY_TARGET_MS (server/adaptive.py)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -94,6 +105,8 @@ class ModelRegistry:
 
     def stop(self, timeout_s: float | None = None) -> None:
         for model in self.models.values():
+            if model.controller is not None:
+                model.controller.stop()
             model.batcher.stop(timeout_s)
 
 
@@ -126,6 +139,15 @@ def load_model(model_dir: Path, settings: Settings, metrics: Metrics) -> ServedM
     b = settings.max_batch_size
     runner = OnnxStageRunner(manifest, load_stage_sessions(manifest, model_dir, settings), b)
     runner.warm_up(list(range(1, b + 1)) if settings.warmup_all_batch_sizes else sorted({1, b}))
+    audit = None
+    if settings.audit_rate > 0 and runner.num_stages > 1:
+        audit = Auditor(
+            settings.audit_rate,
+            runner.num_stages,
+            max_batch_size=b,
+            model=manifest.name,
+            metrics=metrics,
+        )
     batcher = Batcher(
         runner,
         max_batch_size=b,
@@ -133,8 +155,17 @@ def load_model(model_dir: Path, settings: Settings, metrics: Metrics) -> ServedM
         max_queue_size=settings.max_queue_size,
         model=manifest.name,
         metrics=metrics,
+        audit=audit,
     )
-    model = ServedModel(model_dir, manifest, runner, batcher, load_curve(model_dir, manifest), ())
+    curve = load_curve(model_dir, manifest)
+    try:
+        agreement = load_agreement(model_dir)
+    except ValueError as exc:
+        raise ManifestError(str(exc)) from exc
+    model = ServedModel(model_dir, manifest, runner, batcher, curve, (), agreement)
+    for e in agreement.exits if agreement is not None else []:
+        if e.agreement is not None:
+            metrics.audit_expected.labels(model=manifest.name, exit=str(e.exit)).set(e.agreement)
     model.set_thresholds(manifest.thresholds)
     metrics.set_thresholds(manifest.name, model.thresholds)
     providers = ",".join(model.providers)

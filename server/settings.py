@@ -65,6 +65,19 @@ class Settings(BaseSettings):
     # Warm every batch size 1..max_batch_size (False: only 1 and max_batch_size; tests).
     warmup_all_batch_sizes: bool = True
 
+    # Directory for state shared by the workers and kept across restarts (threshold overrides);
+    # unset = a PUT changes only the worker that served it, until that worker stops.
+    state_dir: Path | None = None
+    # Fraction of early-exited images finished at full depth, when the batcher is idle, to
+    # measure agreement with the final exit (server/batching/audit.py); 0 = off.
+    audit_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    # Queue-delay target of the load-adaptive operating point (server/batching/controller.py);
+    # unset = off, the default thresholds stay where they are set.
+    latency_target_ms: Annotated[float, Field(gt=0.0)] | None = None
+    # The controller's floor: validation balanced accuracy (0..1) of the cheapest point it may
+    # use; unset = the calibrated point's minus 0.01.
+    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+
     workers: PositiveInt = 1
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

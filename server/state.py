@@ -9,6 +9,7 @@ from fastapi import Request
 from server.metrics import Metrics
 from server.registry import ModelRegistry
 from server.settings import Settings
+from server.shared_state import ThresholdStore
 
 
 @dataclass
@@ -17,6 +18,7 @@ class AppState:
     metrics: Metrics
     registry: ModelRegistry | None = None
     ready: bool = False  # models loaded and warmed, not shutting down
+    store: ThresholdStore | None = None  # ELF_STATE_DIR's overrides, when set
 
     @property
     def models(self) -> ModelRegistry:

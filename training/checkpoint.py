@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,25 @@ def save_checkpoint(  # noqa: PLR0917 (one argument per part of the checkpoint)
     os.replace(tmp, path)
 
 
+class CheckpointError(ValueError):
+    """A file is not a readable training checkpoint; the message names it."""
+
+
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+        raise FileNotFoundError(
+            f"no checkpoint at {path}; elf-train --out DIR writes DIR/{CHECKPOINT_FILE}"
+        )
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(
+            f"{path}: not a readable training checkpoint (torch.load failed with "
+            f"{type(exc).__name__}); give the checkpoint.pt that elf-train wrote"
+        ) from exc
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise ValueError(f"{path} is not a training checkpoint (needs 'model' and 'config')")
+        raise CheckpointError(f"{path} is not a training checkpoint (needs 'model' and 'config')")
     return state
 
 

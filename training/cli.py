@@ -11,14 +11,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from training.checkpoint import CheckpointError
+from training.cli_errors import OneLineParser, add_log_level, run_reporting_errors
 from training.config import OptimConfig, TrainConfig
-from training.data import AugmentConfig, DataConfig
+from training.data import AugmentConfig, DataConfig, DatasetError
 from training.data.config import DATASETS
+from training.data.dataset import DatasetStatsError
 from training.losses import BASE_LOSSES, METHODS, LossConfig
 from training.networks import VARIANTS, ModelConfig
 from training.trainer import main as train_main
@@ -42,12 +46,20 @@ def _data_args(p: argparse.ArgumentParser) -> None:
         "--data-root",
         None,
         "data directory (fashion-mnist default: the Debian package's "
-        "/usr/share/datasets/fashion-mnist; cifar: the python-pickle folder)",
+        "/usr/share/datasets/fashion-mnist; cifar: the python-pickle folder; folder: ROOT/train/ "
+        "with ROOT/val/ or ROOT/test/ or both, one sub-folder per class; a missing val/ is carved "
+        "from train/, a missing test/ makes val/ the test split)",
         type=Path,
     )
     _opt(g, "--imbalance-ratio", d.imbalance_ratio, "rho = n_max / n_min of the long tail")
     _opt(g, "--n-max", d.n_max, "training images of the largest class")
-    _opt(g, "--val-per-class", d.val_per_class, "balanced validation images per class")
+    _opt(
+        g,
+        "--val-per-class",
+        d.val_per_class,
+        "balanced validation images per class (carved from a folder's train/: at most a fifth "
+        "of its smallest class)",
+    )
     _opt(g, "--data-seed", d.seed, "seed of the long-tailed subset and the validation split")
     _opt(g, "--image-size", None, "folder/list data: resize to this square size", type=int)
     _opt(g, "--channels", None, "folder/list data: 1 (grey) or 3 (RGB, default)", type=int)
@@ -153,11 +165,11 @@ def _run_args(p: argparse.ArgumentParser) -> None:
         "calibrated point: the "
         "cheapest within this balanced accuracy of the best point (validation split)",
     )
-    _opt(g, "--log-level", "INFO", "logging level")
+    add_log_level(g)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="elf-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     for add in (_data_args, _model_args, _loss_args, _optim_args, _run_args):
@@ -165,7 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(a: argparse.Namespace) -> TrainConfig:
+def invocation(argv: Sequence[str] | None = None) -> str:
+    """The command line that started this process, shell-quoted: `argv` as elf-train's
+    arguments, or sys.argv (`python -m training.cli ...` when run as a module or under torchrun)."""
+    if argv is not None:
+        return shlex.join(["elf-train", *argv])
+    prog = Path(sys.argv[0]).name
+    head = ["python", "-m", "training.cli"] if prog in ("cli.py", "__main__.py") else [prog]
+    return shlex.join([*head, *sys.argv[1:]])
+
+
+def config_from_args(a: argparse.Namespace, command: str | None = None) -> TrainConfig:
     """The TrainConfig of parsed arguments; invalid combinations raise ValueError."""
     classifier = a.classifier
     if classifier == "auto":
@@ -198,7 +220,12 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         eval_thresholds=tuple(a.eval_thresholds),
         calibration_tolerance=a.calibration_tolerance, data=data, model=model, loss=loss,
         optim=optim, augment=AugmentConfig(padding=a.padding, flip=not a.no_flip),
+        command=command,
     )  # fmt: skip
+
+
+# Mistakes a user can fix: reported as one line naming the file or option.
+USER_ERRORS = (DatasetError, DatasetStatsError, CheckpointError, OSError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -208,11 +235,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = args.log_level.upper() if rank == 0 else "WARNING"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = config_from_args(args)
+        cfg = config_from_args(args, invocation(argv))
     except ValueError as e:
         parser.error(str(e))
-    train_main(cfg)
-    return 0
+
+    def work() -> int:
+        train_main(cfg)
+        return 0
+
+    return run_reporting_errors(parser.prog, work, USER_ERRORS, args.log_level == "debug")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,10 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Provenance, not configuration: the shell-quoted command line that started this run (set by
+    # elf-train; the export copies it into the manifest). Ignored when a resumed run's config is
+    # compared with the checkpoint's.
+    command: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.out, str):

@@ -35,6 +35,7 @@ from training.loop import InputSpec, batches, predict, train_one_epoch
 from training.losses import MultiExitLoss
 from training.networks import MultiExitNet, build_model
 from training.optim import make_optimizer
+from training.provenance import git_commit
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,12 @@ def _finish(run: _Run) -> dict[str, Any]:
         "arch": cfg.model.arch,
         "epochs": cfg.epochs,
         "seed": cfg.seed,
+        "command": cfg.command,
+        "commit": git_commit(),
+        "splits": {
+            name: {"images": len(data), "source": splits.sources.get(name, "")}
+            for name, data in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+        },
         **metrics,
     }
     (cfg.out / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
@@ -241,7 +248,12 @@ def _run(
     start = _maybe_resume(cfg, model, (optimizer, scheduler), device, info)
     ddp = wrap_model(model, info, device, find_unused=False)
     loss_fn = MultiExitLoss(cfg.loss, splits.train_class_counts, model.num_exits, cfg.epochs)
-    extra = {"data_info": _data_info(splits), "stage_flops": [list(s) for s in per_stage]}
+    extra: dict[str, Any] = {
+        "data_info": _data_info(splits),
+        "stage_flops": [list(s) for s in per_stage],
+    }
+    # Provenance for the export's manifest: how this run was started, and from which code.
+    extra |= {"command": cfg.command, "commit": git_commit()}
     for epoch in range(start, cfg.epochs):
         loss_fn.set_epoch(epoch)
         record = _train_epoch(run, ddp, loss_fn, (optimizer, scheduler), epoch=epoch, info=info)
@@ -278,8 +290,9 @@ def _maybe_resume(
     unwrap(model).load_state_dict(state["model"])
     opt[0].load_state_dict(state["optimizer"])
     opt[1].load_state_dict(state["scheduler"])
-    saved = {k: v for k, v in state["config"].items() if k not in ("resume", "progress", "epochs")}
-    now = {k: v for k, v in to_dict(cfg).items() if k not in ("resume", "progress", "epochs")}
+    ignored = ("resume", "progress", "epochs", "command")
+    saved = {k: v for k, v in state["config"].items() if k not in ignored}
+    now = {k: v for k, v in to_dict(cfg).items() if k not in ignored}
     if saved != now:
         log.warning("resuming %s with a different config than it was saved with", path)
     log.info("resumed from %s after epoch %d", path, state["epoch"])

@@ -1,8 +1,9 @@
 """PUT /v1/models/{name}/thresholds: change the operating point (bearer ELF_ADMIN_TOKEN).
 
-The change lives in this process's memory: it is lost on restart, and with several uvicorn
-workers only the worker that served the PUT changes (run one worker, or restart with a new
-manifest, to change all).
+With ELF_STATE_DIR set, the change is written to the state directory (server/shared_state.py):
+every worker applies it within a second and a restart keeps it. Without, it lives in this
+process's memory: lost on restart, and with several workers only the one that served the PUT
+changes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 
 from fastapi import APIRouter, Depends, Request
 
+from server.adaptive import rebase
 from server.api.errors import ApiError
 from server.api.v1 import StateDep
 from server.schemas.v1 import ThresholdsChanged, ThresholdsUpdate
@@ -57,8 +59,20 @@ async def admin_guard(request: Request, state: StateDep) -> None:
 async def set_thresholds(name: str, body: ThresholdsUpdate, state: StateDep) -> ThresholdsChanged:
     """Body: {"thresholds": [t_0, ..., t_{K-2}]} (or K values, the last 0)."""
     model = state.models.get(name)
-    previous = model.set_thresholds(body.thresholds)
+    previous = model.set_thresholds(body.thresholds)  # validates: 4xx before anything is written
+    if state.store is not None:
+        try:
+            state.store.write(model.name, model.manifest.version, list(model.thresholds))
+        except OSError as exc:
+            model.set_thresholds(list(previous))
+            log.error("%s: cannot write %s: %s", model.name, state.store.path, exc)
+            raise ApiError(
+                500,
+                f"thresholds not changed: the state directory is not writable ({exc})",
+                "state_dir",
+            ) from exc
     state.metrics.set_thresholds(model.name, model.thresholds)
+    rebase(model, state.metrics)  # the load controller starts again from the new base
     log.info("%s: thresholds %s -> %s", model.name, list(previous), list(model.thresholds))
     return ThresholdsChanged(
         model=model.name, thresholds=list(model.thresholds), previous=list(previous)

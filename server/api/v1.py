@@ -180,6 +180,7 @@ async def describe_model(name: str, state: StateDep) -> ModelDetail:
         flops_convention=m.flops_convention,
         calibration=m.calibration.model_dump() if m.calibration else None,
         calibration_curve=model.curve,
+        expected_agreement=model.agreement.model_dump() if model.agreement else None,
         provenance=m.provenance.model_dump(),
         batching={
             "max_batch_size": s.max_batch_size,

@@ -14,6 +14,8 @@ first. After every stage the rows whose softmax maximum reaches their own thresh
 rule of elf_core.exits) are answered
 at once (their futures are resolved on their event loop) and dropped; the rest go to the next
 queue. Inference never runs on an event loop; ONNX Runtime parallelises inside each run.
+With an Auditor (ELF_AUDIT_RATE > 0), a sample of early answers continues to the final exit
+when every request queue is empty (server/batching/audit.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from elf_core.exits import leaves, softmax
+from server.batching.audit import Auditor
+from server.batching.controller import DelayWindow
 from server.batching.rows import (
     Part,
     QueueFullError,
@@ -56,8 +60,11 @@ class Batcher:
         max_queue_size: int,
         model: str = "model",
         metrics: Metrics | None = None,
+        audit: Auditor | None = None,
     ) -> None:
         self.executor = executor
+        self.audit = audit
+        self.delays: DelayWindow | None = None  # the load controller's input, when it runs
         self.num_stages = executor.num_stages
         self.max_batch_size = max_batch_size
         self.delay = max_queue_delay_s
@@ -139,23 +146,41 @@ class Batcher:
             with self._cond:
                 self._busy = False
                 k = self._ready_stage(time.perf_counter())
+                audit_k = None
                 while k is None:
                     if self._closing and not any(self._queued):
+                        if self.audit is not None:
+                            self.audit.drop_all()
                         return
+                    audit_k = self._audit_stage()
+                    if audit_k is not None:
+                        break
                     self._cond.wait(self._wait_time(time.perf_counter()))
                     k = self._ready_stage(time.perf_counter())
-                rows, parts = self._take(k)
+                rows: list[Row] = []
+                parts: list[tuple[Any, np.ndarray]] = []
+                if k is not None:
+                    rows, parts = self._take(k)
                 self._busy = bool(rows)
                 # An eager burst larger than one batch stays eager until queue 0 is drained.
                 self._eager = self._eager and bool(self._queues[0])
                 self._set_depth()
-            if not rows:
+            if audit_k is not None and self.audit is not None:
+                self.audit.run(audit_k, self.executor, time.perf_counter())
+                continue
+            if k is None or not rows:
                 continue
             try:
                 self._run(k, rows, parts)
             except Exception as exc:  # a bug here must not kill the worker or hang requests
                 log.exception("batcher %s: internal error at stage %d", self.model, k)
                 self._deliver([(r, exc) for r in rows if not r.answered])
+
+    def _audit_stage(self) -> int | None:
+        """Audit work only on spare capacity: no request row queued at any stage."""
+        if self.audit is None or self._closing or any(self._queued):
+            return None
+        return self.audit.ready_stage(time.perf_counter())
 
     def _ready_stage(self, now: float) -> int | None:
         for k in reversed(range(self.num_stages)):
@@ -225,10 +250,13 @@ class Batcher:
         for r in rows:
             r.compute_s += t1 - t0
         probs = softmax(logits)
+        last = k == self.num_stages - 1
         thr = np.array([r.thresholds[k] for r in rows])
-        exits = leaves(probs, thr, last=k == self.num_stages - 1)
+        exits = leaves(probs, thr, last=last)
         # Survivors are queued before the answers go out, so that a client answered here and
         # resubmitting at once finds the batcher's true state (see _deliver).
+        if self.audit is not None and not last:
+            self.audit.select(k, features, np.flatnonzero(exits), probs.argmax(axis=1), t1)
         keep = np.flatnonzero(~exits)
         if keep.size:
             kept = [rows[i] for i in keep]
@@ -255,8 +283,11 @@ class Batcher:
             row.answered = True
             if not row.cancelled:
                 by_loop.setdefault(row.loop, []).append((row.future, value))
-            if waited is not None and isinstance(value, RowResult):
-                waited.observe(value.queue_s)
+            if isinstance(value, RowResult):
+                if waited is not None:
+                    waited.observe(value.queue_s)
+                if self.delays is not None:
+                    self.delays.observe(value.queue_s)
         with self._cond:  # before the answers are visible: a client may resubmit at once
             self._admitted -= len(answers)
             # The batch's compute is over: a row submitted from here on meets an idle worker

@@ -77,6 +77,9 @@ class ModelDetail(ModelSummary):
     flops_convention: str
     calibration: dict[str, Any] | None
     calibration_curve: Any | None
+    # agreement.json: per auxiliary exit, the validation share of early answers that match the
+    # final exit (at `thresholds`), the reference of the online audit (ELF_AUDIT_RATE).
+    expected_agreement: dict[str, Any] | None = None
     provenance: dict[str, Any]
     batching: dict[str, float]
 

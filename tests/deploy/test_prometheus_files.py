@@ -26,6 +26,8 @@ ALERTS = {
     "ElfExitDistributionShift",
     "ElfReplicaDown",
     "ElfNoReplica",
+    "ElfAuditAgreementLow",
+    "ElfOperatingPointAtFloor",
 }
 
 
@@ -168,6 +170,51 @@ def _exit_shift() -> dict[str, Any]:
     }
 
 
+def _audit_drift() -> dict[str, Any]:
+    """100 audits/min at exit 0, expected 0.97: 30 min agreeing 97%, then 30 min 80%."""
+    name = "ElfAuditAgreementLow"
+    return {
+        "interval": "1m",
+        "input_series": [
+            _series('elf_audit_expected_agreement{model="m",exit="0"}', "0.97+0x60"),
+            _series('elf_audit_expected_agreement{model="m",exit="1"}', "0.95+0x60"),
+            _series('elf_audit_images_total{model="m",exit="0"}', "0+100x60"),
+            _series('elf_audit_agree_total{model="m",exit="0"}', "0+97x30 2990+80x29"),
+            # Exit 1 agrees as expected throughout, and too rarely audited to count anyway.
+            _series('elf_audit_images_total{model="m",exit="1"}', "0+1x60"),
+            _series('elf_audit_agree_total{model="m",exit="1"}', "0+0x60"),
+        ],
+        "alert_rule_test": [
+            {"eval_time": "29m", "alertname": name, "exp_alerts": []},
+            {
+                "eval_time": "60m",
+                "alertname": name,
+                "exp_alerts": [{"exp_labels": {"severity": "warn", "model": "m", "exit": "0"}}],
+            },
+        ],
+    }
+
+
+def _at_floor() -> dict[str, Any]:
+    """Worker a sits at the floor for 20 minutes, worker b leaves it after 3."""
+    name = "ElfOperatingPointAtFloor"
+    return {
+        "interval": "1m",
+        "input_series": [
+            _series('elf_operating_point_at_floor{model="m",instance="a",pid="1"}', "0 1+0x20"),
+            _series('elf_operating_point_at_floor{model="m",instance="b",pid="2"}', "0 1 1 1 0x17"),
+        ],
+        "alert_rule_test": [
+            {"eval_time": "4m", "alertname": name, "exp_alerts": []},
+            {
+                "eval_time": "15m",
+                "alertname": name,
+                "exp_alerts": [{"exp_labels": {"severity": "warn", "model": "m", "instance": "a"}}],
+            },
+        ],
+    }
+
+
 @pytest.fixture
 def bare_rules(tmp_path: Path) -> Path:
     rules = load_rules()
@@ -187,6 +234,8 @@ def test_alerts_fire_on_trouble_and_not_on_healthy_traffic(bare_rules: Path) -> 
             _quiet(120),
             _broken(),
             _exit_shift(),
+            _audit_drift(),
+            _at_floor(),
         ],
     }
     spec = bare_rules.parent / "rules_test.yml"

@@ -57,6 +57,8 @@ def tiny_config(root: Path, out: Path) -> TrainConfig:
         model=ModelConfig(arch="resnet8", width_mult=0.25, head="conv_pool_linear"),
         # train_tiny uses plain cross-entropy: the provenance must say so.
         loss=LossConfig(method="elf", base="ce"),
+        # As elf-train records it: the export copies it into the manifest's provenance.
+        command="elf-train --dataset fashion-mnist-lt --method elf --loss ce --out 'tiny run'",
     )
 
 

@@ -39,3 +39,21 @@ def test_missing_checkpoint_is_one_clear_line(
 def test_calibrate_needs_a_model_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["calibrate", "--model-dir", str(tmp_path / "absent")]) == 1
     assert "model directory does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--protect-classes", "7,8"], "--protect-classes needs --tail-tolerance"),
+        (["--tail-tolerance", "0.01", "--protect-classes", "a,b"], "class indices separated"),
+        (["--tail-tolerance", "0.01", "--protect-classes", "-1"], "must be >= 0"),
+        (["--tail-tolerance", "3"], "must be in [0, 1]"),
+    ],
+)
+def test_tail_protection_arguments_exit_2_with_reason(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", "--model-dir", str(tmp_path), *args])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err

@@ -12,13 +12,17 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from elf_core.flops import full_flops
 from elf_core.manifest import ManifestError, load_manifest
+from model_export.cli import main
 from model_export.runtime import normalize
 from model_export.verify import PARITY_ATOL
+from server.app import create_app
 from tests.model_export.conftest import Exported
+from tests.server.conftest import make_settings
 from training.checkpoint import load_model
 from training.data import build_splits
 from training.flops import stage_flops
@@ -60,7 +64,10 @@ def test_model_dir_contents_and_manifest(exported: Exported) -> None:
     )
     assert m.provenance.dataset == splits.name and m.provenance.architecture == "resnet8"
     assert (m.provenance.method, m.provenance.loss, m.provenance.epochs) == ("elf", "ce", 1)
-    assert m.provenance.command is not None and "--checkpoint" in m.provenance.command
+    train, export = (m.provenance.command or "").split("; export: ")
+    assert train == f"train: {exported.config.command}"
+    assert export.startswith("elf-export --checkpoint ") and "--version 0.1" in export
+    assert json.loads((d / "config.json").read_text())["command"] == exported.config.command
     # Tensor specs: dim 0 symbolic, the rest concrete.
     assert m.stages[0].input.shape == ["batch", 1, 28, 28]
     assert m.stages[-1].features is None and m.stages[0].features is not None
@@ -174,3 +181,39 @@ def test_wrong_sha256_in_manifest_is_refused_by_name(exported: Exported, tmp_pat
     (d / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(ManifestError, match=r"stage_2\.onnx: sha256 mismatch"):
         load_manifest(d)
+
+
+def test_tail_protected_recalibration_is_recorded_and_served(
+    exported: Exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = _copy(exported, tmp_path)
+    args = ["calibrate", "--model-dir", str(d), "--no-progress", "--tolerance", "0.05"]
+    assert main([*args, "--tail-tolerance", "0.02", "--protect-classes", "8,9"]) == 0
+    assert "tail protection (tolerance 2 pt on classes [8, 9])" in capsys.readouterr().out
+    cal = json.loads((d / "calibration.json").read_text())
+    pro = cal["tail_protection"]
+    assert pro["protected_classes"] == [8, 9] and pro["protected"] == "named classes"
+    assert cal["chosen"]["protected_accuracy"] >= pro["reference"] - 0.02 - 1e-6
+    assert cal["chosen"]["flops_ratio"] >= pro["plain_chosen"]["flops_ratio"]
+    ok = [
+        p
+        for p in cal["curve"]
+        if p["balanced_accuracy"] >= cal["best"]["balanced_accuracy"] - 0.05 - 1e-6
+    ]
+    assert max(p["protected_accuracy"] for p in ok) == pytest.approx(pro["reference"], abs=1e-6)
+    m = load_manifest(d)
+    assert m.calibration is not None and m.calibration.tail_tolerance == 0.02
+    assert m.calibration.protected_classes == [8, 9]
+    assert m.thresholds == pytest.approx(cal["chosen"]["thresholds"])
+    assert m.calibration.test_plain_chosen is not None
+    assert m.calibration.test_plain_chosen.thresholds == pro["plain_chosen"]["thresholds"]
+    # The model summary shows what the manifest says.
+    with TestClient(create_app(make_settings(d))) as client:
+        detail = client.get(f"/v1/models/{m.name}").json()
+    assert detail["calibration"]["tail_tolerance"] == 0.02
+    assert detail["calibration"]["protected_classes"] == [8, 9]
+    assert detail["calibration_curve"]["tail_protection"]["reference"] == pro["reference"]
+    # Plain recalibration drops the protection again.
+    assert main(args) == 0
+    plain = load_manifest(d).calibration
+    assert plain is not None and plain.tail_tolerance is None and plain.plain_chosen is None

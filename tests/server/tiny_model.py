@@ -19,6 +19,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from elf_core.agreement import Agreement, exit_agreement, write_agreement
 from elf_core.exits import softmax
 from elf_core.manifest import (
     Calibration,
@@ -227,4 +228,9 @@ def build_tiny_model(model_dir: Path, name: str = "tiny", seed: int = 0) -> Path
     curve = [{"thresholds": thresholds, "balanced_accuracy": 0.5, "flops_ratio": 0.6}]
     (model_dir / "calibration.json").write_text(json.dumps({"curve": curve}))
     write_manifest(manifest, model_dir)
+    # The audit's reference, measured on the fixture images the thresholds were set on.
+    agreement = Agreement(
+        split="fixture", images=64, thresholds=thresholds, exits=exit_agreement(probs, thresholds)
+    )
+    write_agreement(agreement, model_dir)
     return model_dir

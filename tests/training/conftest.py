@@ -21,9 +21,11 @@ def _image(label: int, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(x, mode="L")
 
 
-def write_image_folder(root: Path, seed: int = 0) -> Path:
+def write_image_folder(
+    root: Path, seed: int = 0, splits: tuple[str, ...] = ("train", "val", "test")
+) -> Path:
     rng = np.random.default_rng(seed)
-    for split in ("train", "val", "test"):
+    for split in splits:
         for label, n_train in enumerate(TRAIN_COUNTS):
             d = root / split / f"class{label}"
             d.mkdir(parents=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.conftest import TRAIN_COUNTS, tiny_args
+from tests.training.conftest import EVAL_PER_CLASS, TRAIN_COUNTS, tiny_args, write_image_folder
 from training import cli
 from training.checkpoint import load_model, load_train_config
 from training.data import build_splits, normalize
@@ -36,6 +37,16 @@ def test_bad_arguments_fail_with_the_reason(capsys: pytest.CaptureFixture[str]) 
     assert "tau_train values must lie in [0, 1]" in capsys.readouterr().err
 
 
+def test_invocation_is_the_shell_quoted_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cli.invocation(["--out", "a b", "--seed", "1"]) == "elf-train --out 'a b' --seed 1"
+    monkeypatch.setattr(sys, "argv", ["/x/training/cli.py", "--out", "r;m", "--epochs", "3"])
+    assert cli.invocation() == "python -m training.cli --out 'r;m' --epochs 3"
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/elf-train", "--out", "r"])
+    assert cli.invocation() == "elf-train --out r"
+    args = cli.build_parser().parse_args(["--out", "r"])
+    assert cli.config_from_args(args, "elf-train --out r").command == "elf-train --out r"
+
+
 @pytest.mark.integration
 def test_one_epoch_writes_every_output(image_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
@@ -49,12 +60,18 @@ def test_one_epoch_writes_every_output(image_folder: Path, tmp_path: Path) -> No
         assert (out / name).is_file(), name
     assert (out / "per_class_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cfg = load_train_config(json.loads((out / "config.json").read_text()))
+    # The run records how it was started (shell-quoted), in config.json, checkpoint and metrics.
+    assert cfg.command == shlex.join(["elf-train", *args])
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["command"] == cfg.command and state["config"]["command"] == cfg.command
+    assert len(str(state["commit"]).removesuffix("+dirty")) == 40
     assert cfg.model.num_classes == 3 and cfg.model.in_channels == 1
     assert cfg.model.classifier == "cosine"  # auto for LDAM
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert record["epoch"] == 1 and record["train_images"] == sum(TRAIN_COUNTS)
     assert sum(record["train_exit_rate"]) == pytest.approx(1.0)
     m = json.loads((out / "metrics.json").read_text())
+    assert (m["command"], m["commit"]) == (cfg.command, state["commit"])
     assert m["train_class_counts"] == list(TRAIN_COUNTS)
     assert m["groups"]["head"] == [0] and m["groups"]["tail"] == [2]
     assert m["groups"]["few"] == [0, 1, 2]  # every class has < 20 training images
@@ -80,3 +97,26 @@ def _check_predictions_match_checkpoint(out: Path, metrics: dict) -> None:
     for k, p in enumerate(probs):
         np.testing.assert_allclose(saved[f"test_probs_{k}"], p, atol=1e-5)
         assert metrics["test"]["exits"][k]["top1"] == pytest.approx((p.argmax(1) == labels).mean())
+
+
+@pytest.mark.integration
+def test_train_val_layout_states_its_splits(tmp_path: Path) -> None:
+    """ImageNet's layout (train/ + val/): metrics.json and the log say that val/ is the test split
+    and that the validation split was carved from train/."""
+    root = write_image_folder(tmp_path / "data", splits=("train", "val"))
+    out = tmp_path / "run"
+    args = tiny_args(root, out, "--epochs", "1")
+    proc = subprocess.run(
+        [str(ELF_TRAIN), *args], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no test/ folder: the test metrics are computed on val/" in proc.stderr
+    splits = json.loads((out / "metrics.json").read_text())["splits"]
+    assert splits["val"]["images"] == 3  # 1 per class: a fifth of the smallest class (4), >= 1
+    assert splits["val"]["source"].startswith("carved from train/: 1 images per class")
+    assert splits["test"]["images"] == 3 * EVAL_PER_CLASS
+    assert splits["test"]["source"].startswith("val/ (there is no test/ folder")
+    assert splits["train"] == {
+        "images": sum(TRAIN_COUNTS) - 3,
+        "source": "train/ minus the carved validation images",
+    }

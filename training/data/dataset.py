@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -75,6 +75,8 @@ class DataSplits:
     width: int
     mean: tuple[float, ...]  # per channel, on the [0, 1] pixel scale, from the train split
     std: tuple[float, ...]
+    # what each split is made of ("train", "val", "test" -> a sentence); metrics.json repeats it
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:

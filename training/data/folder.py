@@ -1,4 +1,5 @@
-"""The user's own data: an image folder (root/{train,val,test}/<class>/*) or list files."""
+"""The user's own data: an image folder (root/{train,val,test}/<class>/*, val/ or test/ may be
+missing: training.data.layout) or list files."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from pathlib import Path
 from training.data.config import DataConfig, DatasetError, MissingDatasetError
 from training.data.dataset import DataSplits, channel_stats, class_counts
 from training.data.files import IMAGE_SUFFIXES, make_file_datasets
+from training.data.layout import Part, carve_per_class, carve_val, detect_layout
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
-Part = tuple[list[Path], list[int]]
 
 
 def _class_images(class_dir: Path) -> list[Path]:
@@ -26,34 +27,56 @@ def _class_images(class_dir: Path) -> list[Path]:
 
 
 def _class_dirs(split_dir: Path) -> list[Path]:
-    if not split_dir.is_dir():
-        raise MissingDatasetError(
-            f"{split_dir} does not exist; an image folder needs train/, val/ and test/ with one "
-            "sub-folder per class"
-        )
     return sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def read_image_folder(root: Path) -> tuple[list[str], list[Part]]:
-    """Class names (the train sub-folders, sorted) and (paths, labels) for train, val, test."""
+def _read_split(split_dir: Path, index: dict[str, int]) -> Part:
+    """(paths, labels) of one split folder; its classes must all be train/ classes."""
+    paths: list[Path] = []
+    labels: list[int] = []
+    for d in _class_dirs(split_dir):
+        if d.name not in index:
+            raise DatasetError(
+                f"{d}: class {d.name!r} has no folder in {split_dir.parent / 'train'}"
+            )
+        images = _class_images(d)
+        if split_dir.name == "train" and not images:
+            raise DatasetError(f"{d}: no training images for class {d.name!r}")
+        paths += images
+        labels += [index[d.name]] * len(images)
+    return paths, labels
+
+
+def read_image_folder(
+    root: Path, val_per_class: int, seed: int
+) -> tuple[list[str], list[Part], dict[str, str]]:
+    """Class names (the train sub-folders, sorted), (paths, labels) for train, val, test, and
+    where each split comes from (training.data.layout: a missing split is carved or replaced)."""
+    if not root.is_dir():
+        raise MissingDatasetError(
+            f"--data-root {root} is not a directory; give the folder that holds train/ and val/ "
+            "or test/"
+        )
+    layout = detect_layout(root)
     class_names = [d.name for d in _class_dirs(root / "train")]
     if not class_names:
         raise DatasetError(f"{root / 'train'} has no class sub-folders")
     index = {name: i for i, name in enumerate(class_names)}
-    parts: list[Part] = []
-    for split in SPLITS:
-        paths: list[Path] = []
-        labels: list[int] = []
-        for d in _class_dirs(root / split):
-            if d.name not in index:
-                raise DatasetError(f"{d}: class {d.name!r} has no folder in {root / 'train'}")
-            images = _class_images(d)
-            if split == "train" and not images:
-                raise DatasetError(f"{d}: no training images for class {d.name!r}")
-            paths += images
-            labels += [index[d.name]] * len(images)
-        parts.append((paths, labels))
-    return class_names, parts
+    train = _read_split(root / "train", index)
+    held = {s: _read_split(root / s, index) for s in ("val", "test") if (root / s).is_dir()}
+    if not layout.carve_val:
+        sources = {"train": "train/", "val": "val/", "test": "test/"}
+        return class_names, [train, held["val"], held["test"]], sources
+    k = carve_per_class(train[1], len(class_names), val_per_class)
+    train, val = carve_val(train, len(class_names), k, seed)
+    sources = {
+        "train": "train/ minus the carved validation images",
+        "val": f"carved from train/: {k} images per class (balanced), seed {seed}; there is no "
+        + ("test/ folder, so val/ is the test split" if layout.val_folder else "val/ folder"),
+        "test": layout.test_source,
+    }
+    test = held["test"] if layout.test_folder else held["val"]
+    return class_names, [train, val, test], sources
 
 
 def parse_list_file(list_file: Path, root: Path) -> Part:
@@ -117,18 +140,24 @@ def read_list_files(cfg: DataConfig) -> tuple[list[str], list[Part]]:
 def build_folder_splits(cfg: DataConfig) -> DataSplits:
     if cfg.root is None:
         raise MissingDatasetError("folder data needs --data-root (root/train/<class>/*.png ...)")
-    class_names, parts = read_image_folder(cfg.root)
-    return _file_splits(cfg, f"folder-{cfg.root.name}", class_names, parts)
+    class_names, parts, sources = read_image_folder(cfg.root, cfg.val_per_class, cfg.seed)
+    for split, source in sources.items():
+        log.info("%s split: %s", split, source)
+    if sources["test"] != "test/":
+        log.warning("no test/ folder: the test metrics are computed on val/ (%s)", cfg.root)
+    return _file_splits(cfg, f"folder-{cfg.root.name}", class_names, parts, sources)
 
 
 def build_list_splits(cfg: DataConfig) -> DataSplits:
     class_names, parts = read_list_files(cfg)
     assert cfg.train_list is not None  # checked by read_list_files
-    return _file_splits(cfg, f"list-{cfg.train_list.stem}", class_names, parts)
+    lists = (cfg.train_list, cfg.val_list, cfg.test_list)
+    sources = {s: f"list file {p}" for s, p in zip(SPLITS, lists, strict=True)}
+    return _file_splits(cfg, f"list-{cfg.train_list.stem}", class_names, parts, sources)
 
 
 def _file_splits(
-    cfg: DataConfig, name: str, class_names: list[str], parts: list[Part]
+    cfg: DataConfig, name: str, class_names: list[str], parts: list[Part], sources: dict[str, str]
 ) -> DataSplits:
     channels = cfg.channels if cfg.channels is not None else 3
     train, val, test = make_file_datasets(parts, channels, cfg.image_size)
@@ -141,4 +170,4 @@ def _file_splits(
     log.info(
         "%s: train %d, val %d, test %d, %dx%dx%d", name, len(train), len(val), len(test), c, h, w
     )
-    return DataSplits(name, train, val, test, class_names, counts, c, h, w, mean, std)
+    return DataSplits(name, train, val, test, class_names, counts, c, h, w, mean, std, sources)

@@ -77,6 +77,13 @@ def long_tail_splits(cfg: DataConfig, raw: RawData) -> DataSplits:
         width=w,
         mean=mean,
         std=std,
+        sources={
+            "train": f"long-tailed subset of the official training set (rho "
+            f"{cfg.imbalance_ratio:g}, n_max {cfg.n_max}, seed {cfg.seed})",
+            "val": f"{cfg.val_per_class} per class (balanced) from the official training images "
+            f"outside the subset, seed {cfg.seed}",
+            "test": "the official test set",
+        },
     )
 
 

@@ -1,0 +1,154 @@
+"""bench.accuracy collect / report on generated run directories whose numbers are known."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench import accuracy
+from bench.accuracy_import import from_summary
+from bench.accuracy_runs import SCHEMA, load_results
+from tests.elf_core.test_tail_protection import COUNTS, _problem
+
+GROUPS = {"head": [0, 1], "middle": [2, 3], "tail": [4, 5]}
+FLOPS = {"per_stage": [[40, 0], [60, 0]], "cumulative": [40, 100], "full": 100}
+
+
+def _summary(bal: float, tail: float, saved: float | None = None) -> dict[str, Any]:
+    s: dict[str, Any] = {"balanced_top1": bal, "groups": {"head": 0.9, "middle": 0.8, "tail": tail}}
+    if saved is not None:
+        s |= {"flops_saved": saved, "thresholds": [0.7, 0.0], "exit_rates": [0.5, 0.5]}
+    return s
+
+
+def _val(bal: float, tail: float, ratio: float) -> dict[str, Any]:
+    return {"balanced_top1": bal, "tail": tail, "flops_ratio": ratio, "thresholds": [0.7, 0.0]}
+
+
+def make_run(runs: Path, row: str, seed: int, bal: float, *, predictions: bool = False) -> Path:
+    """A finished run directory as elf-train writes it (before it recorded its command)."""
+    d = runs / f"{row}-e30-s{seed}"
+    d.mkdir(parents=True)
+    m = {
+        "dataset": "fashion-mnist-lt-r100", "arch": "resnet32",
+        "method": "elf" if row.startswith("elf") else "standard", "loss": "balanced_softmax",
+        "epochs": 30, "seed": seed, "groups": GROUPS,
+        "train_class_counts": COUNTS, "flops": FLOPS,
+        "test": {"exits": [_summary(bal - 0.1, 0.5), _summary(bal, 0.9)],
+                 "calibrated_best": _summary(bal, 0.9, 0.3),
+                 "calibrated_chosen": _summary(bal - 0.004, 0.88, 0.5)},
+        "val": {"exits": [_summary(bal - 0.1, 0.5), _summary(bal, 0.9)],
+                "calibration": {"tolerance": 0.1, "best": _val(bal, 0.9, 0.7),
+                                "chosen": _val(bal - 0.004, 0.88, 0.5)}},
+    }  # fmt: skip
+    (d / "metrics.json").write_text(json.dumps(m))
+    if predictions:
+        (p0, p1), labels = _problem()
+        np.savez(d / "predictions.npz", val_probs_0=p0, val_probs_1=p1, val_labels=labels,
+                 test_probs_0=p0, test_probs_1=p1, test_labels=labels)  # fmt: skip
+    return d
+
+
+@pytest.fixture
+def collected(tmp_path: Path) -> tuple[Path, Path]:
+    runs = tmp_path / "runs"
+    make_run(runs, "elf-bs", 0, 0.80, predictions=True)
+    make_run(runs, "elf-bs", 1, 0.90, predictions=True)
+    make_run(runs, "standard-bs", 2, 0.85)
+    (runs / "elf-bs-e30-s2").mkdir()  # unfinished: no metrics.json
+    (runs / "nonsense-e30-s0").mkdir()  # not a known row
+    results, stem = tmp_path / "results", tmp_path / "report"
+    argv = ["collect", "--runs-dir", str(runs), "--results-dir", str(results),
+            "--report", str(stem), "--train-commit", "abc1234",
+            "--notes", str(tmp_path / "absent.md")]  # fmt: skip
+    assert accuracy.main(argv) == 0
+    return results, stem
+
+
+def test_collect_writes_one_file_per_finished_run(collected: tuple[Path, Path]) -> None:
+    results, _ = collected
+    assert sorted(p.name for p in results.iterdir()) == [
+        "elf-bs-s0.json", "elf-bs-s1.json", "standard-bs-s2.json"]  # fmt: skip
+    r = json.loads((results / "elf-bs-s1.json").read_text())
+    assert (r["schema"], r["row"], r["seed"], r["commit"]) == (SCHEMA, "elf-bs", 1, "abc1234")
+    assert r["command_source"] == "reconstructed from the row"
+    assert r["command"].startswith("elf-train --dataset fashion-mnist-lt --imbalance-ratio 100")
+    assert "--seed 1 " in r["command"] and "--method elf --loss balanced_softmax" in r["command"]
+    assert r["command"].endswith("--threads 1 --eval-every 5 --no-progress")
+    assert r["test"]["chosen"] == {
+        "balanced_top1": 0.896, "head": 0.9, "middle": 0.8, "tail": 0.88, "flops_saved": 0.5,
+        "thresholds": [0.7, 0.0], "exit_rates": [0.5, 0.5],
+    }  # fmt: skip
+    assert r["val"]["chosen"]["flops_saved"] == pytest.approx(0.5)
+    # Tail protection from the saved predictions (the constructed problem of the unit tests).
+    plain, zero = r["tail_protected"][:2]
+    assert plain["tail_tolerance"] is None and zero["tail_tolerance"] == 0.0
+    assert plain["test"]["tail"] == pytest.approx(0.75)
+    assert plain["test"]["flops_saved"] == pytest.approx(0.6)
+    assert zero["test"]["tail"] == pytest.approx(1.0)
+    assert zero["test"]["flops_saved"] == pytest.approx(1 - (4 / 6 * 0.4 + 2 / 6))
+    assert json.loads((results / "standard-bs-s2.json").read_text())["tail_protected"] == []
+
+
+def test_report_is_built_from_the_result_files(collected: tuple[Path, Path]) -> None:
+    results, stem = collected
+    report = json.loads(stem.with_suffix(".json").read_text())
+    elf = report["rows"]["elf-bs"]
+    assert elf["seeds"] == [0, 1]
+    bal = elf["chosen"]["balanced_top1"]
+    assert bal["mean"] == pytest.approx(0.846) and bal["n"] == 2
+    assert bal["std"] == pytest.approx(np.std([0.796, 0.896], ddof=1))
+    assert elf["exits"][0]["balanced_top1"]["mean"] == pytest.approx(0.75)
+    assert report["rows"]["standard-bs"]["best"]["flops_saved"]["std"] == 0.0
+    gain = elf["tail_protected"][1]["tail_gain"]
+    assert gain["mean"] == pytest.approx(0.25) and gain["n"] == 2
+    md = stem.with_suffix(".md").read_text()
+    assert "| elf-bs | 0,1 | 85.0 ± 7.1 | 85.0 ± 7.1 | 90.0 ± 0.0 | 30.0 ± 0.0 | 84.6 ± 7.1 |" in md
+    assert "| standard-bs | 2 | 85.0 | 85.0 | 90.0 | 30.0 |" in md
+    assert (
+        "| elf-bs | 0,1 | 0 pt | 100.0 ± 0.0 | 100.0 ± 0.0 | 40.0 ± 0.0 | 25.0 ± 0.0 | 20.0 ± 0.0 |"
+        in md
+    )
+    # What is missing, with the command that makes it; finished pairs are not listed.
+    missing = "- `elf-bs` seeds [2]: `python -m bench.accuracy --epochs 30 --seeds 2 --rows elf-bs"
+    assert missing in md and "- `standard-bs` seeds [0, 1]:" in md
+    # Collecting again rewrites nothing that did not change.
+    stamp = (results / "elf-bs-s0.json").stat().st_mtime_ns
+    assert accuracy.main(["collect", "--runs-dir", str(results.parent / "runs"),
+                          "--results-dir", str(results), "--report", str(stem),
+                          "--train-commit", "abc1234"]) == 0  # fmt: skip
+    assert (results / "elf-bs-s0.json").stat().st_mtime_ns == stamp
+    # The report needs only the files: deleting the runs and rebuilding gives the same tables.
+    before = stem.with_suffix(".json").read_text()
+    argv = ["report", "--results-dir", str(results), "--report", str(stem)]
+    assert accuracy.main(argv) == 0
+    assert json.loads(stem.with_suffix(".json").read_text())["rows"] == json.loads(before)["rows"]
+
+
+def test_a_foreign_file_in_the_results_dir_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "elf-bs-s0.json").write_text('{"row": "elf-bs"}')
+    with pytest.raises(ValueError, match="not a result file"):
+        load_results(tmp_path)
+
+
+def test_an_old_single_seed_summary_splits_into_exact_runs() -> None:
+    stat = {"mean": 0.5, "std": 0.0, "n": 1}
+    pt = {"balanced_top1": stat, "head": stat, "middle": stat, "tail": stat}
+    row = {"seeds": [0], "method": "elf", "loss": "ce", "exits": [pt, pt],
+           "early_exit_best": {**pt, "flops_saved": stat, "thresholds": [[0.9, 0.0]],
+                               "exit_rates": [[0.3, 0.7]]},
+           "early_exit_chosen": {**pt, "flops_saved": stat, "thresholds": [[0.6, 0.0]],
+                                 "exit_rates": [[0.6, 0.4]]},
+           "val_best_balanced_top1": stat}  # fmt: skip
+    meta = {"epochs": 30, "row_args": {"elf-ce": "--method elf"}, "dataset": "d", "arch": "a",
+            "train_class_counts": [3, 2, 1], "groups": GROUPS, "date": "2026-11-27"}  # fmt: skip
+    r = from_summary({"meta": meta, "rows": {"elf-ce": row}}, "elf-ce", command="c", note="n")
+    assert r["test"]["chosen"]["thresholds"] == [0.6, 0.0] and r["seed"] == 0
+    assert r["val"]["best"]["balanced_top1"] == 0.5 and r["commit"] is None
+    with pytest.raises(ValueError, match="more than one seed"):
+        from_summary({"meta": meta, "rows": {"elf-ce": {**row, "val_best_balanced_top1":
+                      {**stat, "n": 2}}}}, "elf-ce", command="c", note="n")  # fmt: skip
