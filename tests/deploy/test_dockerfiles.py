@@ -1,13 +1,15 @@
 """Static checks of docker/Dockerfile* and .dockerignore (hadolint is not installable here).
 
-No Docker engine runs on these machines, so the images are never built in CI; these tests check
-what a build would copy and run: every COPY source exists and is inside the build context, the
-processes run as a non-root user, the health check asks the readiness endpoint, the serving
-images carry no torch or training code, and what the CPU image copies imports the server.
+They need no engine and name the line at fault; tests/deploy/test_containers.py builds and runs
+the images for real. These tests check what a build would copy and run: every COPY source exists
+and is inside the build context, the processes run as a non-root user, the health check asks the
+readiness endpoint, the serving images carry no torch or training code, and what the CPU image
+copies imports the server.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -132,7 +134,11 @@ def test_healthcheck_asks_readiness_and_cmd_serves_on_8000(name: str) -> None:
     stage = _read(name).final
     checks = [i for i in stage.instructions if i.keyword == "HEALTHCHECK"]
     assert len(checks) == 1
-    assert "http://127.0.0.1:8000/v2/health/ready" in checks[0].args
+    assert exec_form(checks[0].args.split(" CMD ", 1)[1]) == ["python", "/opt/elf/healthcheck.py"]
+    assert any(
+        cp.sources == ["docker/healthcheck.py"] and cp.dest == "/opt/elf/healthcheck.py"
+        for cp in copies(stage)
+    )
     cmd = [i for i in stage.instructions if i.keyword == "CMD"]
     argv = exec_form(cmd[-1].args)
     assert argv is not None and argv[0] == "elf-serve"
@@ -230,3 +236,14 @@ def test_what_the_cpu_image_copies_is_enough_to_import_the_server(tmp_path: Path
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("ok")
+
+
+def test_healthcheck_reads_the_port_elf_serve_was_started_with() -> None:
+    spec = importlib.util.spec_from_file_location("healthcheck", DOCKER / "healthcheck.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    base = ["/opt/venv/bin/python", "/opt/venv/bin/elf-serve", "--host", "127.0.0.1"]
+    assert module.listen_port([*base, "--port", "41234", ""]) == 41234
+    assert module.listen_port([*base, "--port=41235"]) == 41235
+    assert module.listen_port(base) == 8000

@@ -74,7 +74,12 @@ def test_train_image_installs_the_pinned_torch_before_the_project() -> None:
     )
     assert torch_pin == f"torch=={df.all_args()['TORCH_VERSION']}"
     runs = [i.args for i in df.final.instructions if i.keyword == "RUN"]
-    torch_at = next(k for k, r in enumerate(runs) if '"torch==${TORCH_VERSION}"' in r)
+    # The local version pins the build: PyPI's plain torch==2.13.0 is a CUDA build.
+    assert df.all_args()["TORCH_VARIANT"] == "cpu"
+    assert df.all_args()["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    torch_at = next(
+        k for k, r in enumerate(runs) if '"torch==${TORCH_VERSION}+${TORCH_VARIANT}"' in r
+    )
     project_at = next(k for k, r in enumerate(runs) if 'pip install ".[train' in r)
     assert torch_at < project_at
     assert "--index-url" in runs[torch_at]
