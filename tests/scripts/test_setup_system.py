@@ -82,6 +82,18 @@ def used_programs_and_paths() -> dict[str, set[str]]:
     return used
 
 
+def _owner(targets: list[str]) -> str | None:
+    """`dpkg -S` output for the first of `targets` that a Debian package owns."""
+    for target in targets:
+        # usrmerge: dpkg knows /bin/dash where the file system says /usr/bin/dash.
+        for candidate in (target, target.removeprefix("/usr")):
+            argv = ["dpkg", "-S", candidate]
+            owner = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if owner.returncode == 0:
+                return owner.stdout
+    return None
+
+
 def debian_package(thing: str) -> tuple[str | None, str]:
     """(package, priority) owning a program on PATH (or in /usr/sbin) or a path; (None, why).
 
@@ -91,25 +103,22 @@ def debian_package(thing: str) -> tuple[str | None, str]:
     if thing.startswith("/"):
         if not os.path.exists(thing):
             return "(absent)", ""
-        target = thing
+        targets = [thing]
     else:
         search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
         local = Path(sys.executable).parent / thing
         if local.exists():
             return "(this venv)", ""
-        found = shutil.which(thing, path=search)
-        if found is None:
+        # Every copy on the path: a machine may shadow the Debian one (a /usr/local/bin/docker
+        # client), and a fresh machine then finds the packaged one.
+        found = [shutil.which(thing, path=d) for d in search.split(os.pathsep) if d]
+        targets = list(dict.fromkeys(os.path.realpath(f) for f in found if f))
+        if not targets:
             return "(absent)", ""
-        target = os.path.realpath(found)
-    # usrmerge: dpkg knows /bin/dash where the file system says /usr/bin/dash.
-    for candidate in (target, target.removeprefix("/usr")):
-        argv = ["dpkg", "-S", candidate]
-        owner = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if owner.returncode == 0:
-            break
-    else:
-        return None, f"{target} belongs to no Debian package"
-    package = owner.stdout.split(":", 1)[0].split(",")[0].strip()
+    owner = _owner(targets)
+    if owner is None:
+        return None, f"{' or '.join(targets)} belongs to no Debian package"
+    package = owner.split(":", 1)[0].split(",")[0].strip()
     query = ["dpkg-query", "-W", "-f=${Priority}", package]
     priority = subprocess.run(query, capture_output=True, text=True, check=False).stdout.strip()
     return package, priority
