@@ -2,6 +2,7 @@
 
 elf-export --checkpoint runs/x/checkpoint.pt --out models/NAME [--tolerance 0.005]
 elf-export calibrate --model-dir models/NAME [--tolerance 0.005]
+elf-export retrofit --onnx MODEL.onnx --data-root DIR [--cuts auto|NAME ...] --out models/NAME
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from pathlib import Path
 from model_export.export import MODEL_NAME_PATTERN, ExportConfig, export_checkpoint, recalibrate
 from model_export.manifest import ManifestError
 from model_export.report import summary_table
+from model_export.retrofit.cli import retrofit_config, retrofit_parser
+from model_export.retrofit.cuts import RetrofitError
+from model_export.retrofit.pipeline import retrofit
 from model_export.verify import VerificationError
 from training.data import DatasetError
 
@@ -56,7 +60,8 @@ def export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="elf-export",
         description="Export a trained ELF checkpoint to a verified, calibrated model directory. "
-        "Use `elf-export calibrate --help` to recalibrate an existing one.",
+        "Use `elf-export calibrate --help` to recalibrate an existing one, `elf-export retrofit "
+        "--help` to add early exits to an existing ONNX classifier.",
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pt)")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
@@ -94,7 +99,14 @@ def _say(text: str) -> None:
 
 
 # Failures a user can act on: reported as one line naming the file, without a traceback.
-_USER_ERRORS = (ManifestError, VerificationError, DatasetError, FileExistsError, FileNotFoundError)
+_USER_ERRORS = (
+    ManifestError,
+    VerificationError,
+    DatasetError,
+    RetrofitError,
+    FileExistsError,
+    FileNotFoundError,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args_list[:1] == ["calibrate"]:
             return _calibrate(calibrate_parser().parse_args(args_list[1:]))
+        if args_list[:1] == ["retrofit"]:
+            return _retrofit(retrofit_parser(_common).parse_args(args_list[1:]), args_list)
         return _export(export_parser().parse_args(args_list), args_list)
     except _USER_ERRORS as exc:
         sys.stderr.write(f"elf-export: error: {exc}\n")
@@ -143,6 +157,28 @@ def _calibrate(a: argparse.Namespace) -> int:
     )
     _say(f"\nrecalibrated {manifest.name} in {a.model_dir}")
     _say(summary_table(outcome))
+    return 0
+
+
+def _retrofit(a: argparse.Namespace, argv: list[str]) -> int:
+    _setup_logging(a.verbose)
+    res = retrofit(retrofit_config(a, shlex.join(["elf-export", *argv])))
+    m = res.manifest
+    _say(f"\nretrofitted {m.name} v{m.version} -> {res.model_dir}")
+    _say(
+        "cuts: "
+        + ", ".join(
+            f"{c.tensor} {list(c.shape)} at {c.cumulative_flops / m.flops_full:.0%}"
+            for c in res.cuts
+        )
+    )
+    _say(
+        f"chained stages vs the original on {res.parity.images} validation images: max abs "
+        f"diff {res.parity.final_max_abs_diff:.2e}; exit heads vs torch "
+        f"{_fmt(res.parity.head_max_abs_diff)}"
+    )
+    _say("wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in res.seconds.items()))
+    _say(summary_table(res.calibration))
     return 0
 
 
