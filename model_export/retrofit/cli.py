@@ -62,6 +62,7 @@ def _exit_group(p: argparse.ArgumentParser) -> None:
     g.add_argument("--distill", type=float, default=h.distill,
                    help="weight in [0, 1] of distillation from the model's prediction")  # fmt: skip
     g.add_argument("--seed", type=int, default=h.seed)
+    g.add_argument("--threads", type=int, help="torch threads for head training (default: torch's)")
 
 
 def retrofit_parser(common: object) -> argparse.ArgumentParser:
@@ -89,7 +90,7 @@ def retrofit_config(a: argparse.Namespace, command: str) -> RetrofitConfig:
     )  # fmt: skip
     head = HeadConfig(
         blocks=a.head_blocks, width=a.head_width, epochs=a.epochs, batch_size=a.head_batch_size,
-        lr=a.lr, distill=a.distill, seed=a.seed,
+        lr=a.lr, distill=a.distill, seed=a.seed, threads=a.threads,
     )  # fmt: skip
     cuts = () if a.cuts == ["auto"] else tuple(a.cuts)
     return RetrofitConfig(

@@ -220,6 +220,8 @@ def stage_ends(cands: Sequence[Cut]) -> list[Cut]:
 
 def spread(ends: Sequence[Cut], n: int, total_flops: int) -> list[Cut]:
     """n of `ends` (in order) whose cumulative FLOPs lie nearest to total * j / (n + 1)."""
+    if len(ends) <= n:
+        return list(ends)
     chosen: list[Cut] = []
     rest = list(ends)
     for j in range(1, n + 1):

@@ -37,6 +37,7 @@ class HeadConfig:
     distill: float = 0.0  # weight of the distillation term, in [0, 1]
     temperature: float = 2.0
     seed: int = 0
+    threads: int | None = None  # torch intra-op threads while training; None: torch's default
 
     def __post_init__(self) -> None:
         if self.blocks < 0 or self.epochs < 1 or self.batch_size < 1:
@@ -92,6 +93,24 @@ def train_heads(
     progress: bool = True,
 ) -> list[ExitHead]:
     """One head per cut, all trained in the same pass over the cached features."""
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(shapes, num_classes, train, class_counts, cfg, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    shapes: Sequence[Shape],
+    num_classes: int,
+    train: FeatureCache,
+    class_counts: Sequence[int],
+    cfg: HeadConfig,
+    *,
+    progress: bool,
+) -> list[ExitHead]:
     torch.manual_seed(cfg.seed)
     heads = [ExitHead(s, num_classes, cfg.blocks, cfg.width) for s in shapes]
     params = [p for h in heads for p in h.parameters()]

@@ -81,7 +81,7 @@ def non_separating_tensor(path: Path) -> str:
     raise AssertionError("no residual Add found")
 
 
-def make_data(root: Path, train_per_class: int = 40, test_per_class: int = 15) -> Path:
+def make_data(root: Path, train_per_class: int = 50, test_per_class: int = 15) -> Path:
     """Fashion-MNIST-format files: class c is a bright square at its own place on noise."""
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
