@@ -23,6 +23,7 @@ dev: $(VENV)/.installed
 lint: dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: dev
 	$(VENV)/bin/mypy
@@ -43,7 +44,7 @@ serve: $(SERVE_VENV)/.installed
 	ELF_MODEL_DIR=$(MODEL_DIR) $(SERVE_VENV)/bin/elf-serve --host $(HOST) --port $(PORT)
 
 clean:
-	rm -rf $(VENV) $(SERVE_VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(SERVE_VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
 
 # Reproduce the bundled model from scratch: train the best ELF setting of the accuracy benchmark
 # (bench/results/accuracy.md), export, verify and calibrate on the validation split.

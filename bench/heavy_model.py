@@ -1,17 +1,18 @@
 """A benchmark model directory without training: random-feature backbone, fitted exit heads.
 
-The serving benchmarks need the `resnet50`-style network at 224 px (and, until the bundled model
-exists, a resnet32 stand-in). Training either is out of reach on 2 CPU cores, so: the backbone
-keeps its random initialisation (the FLOPs and the run time are those of the real network), and
-every exit's linear classifier is fitted in closed form (ridge regression on the pooled features
-of `fit_images` Fashion-MNIST training images, one-hot targets, logits scaled by `logit_scale`).
-The answers then carry real signal, the exits disagree as real exits do, and accuracy against
-the true labels is meaningful, if modest. Per-exit thresholds are quantiles of the softmax
-maximum on `calib_images` other training images, chosen so that the fractions `exit_mix` leave
-at exits 0..K-1 (stated in the manifest's provenance and in the results).
+The serving benchmarks need the `resnet50`-style network at 224 px (and a resnet32 stand-in for
+when the bundled model directory is absent). Training either is out of reach on 2 CPU cores, so:
+the backbone keeps its random initialisation (the FLOPs and the run time are those of the real
+network), and every exit's linear classifier is fitted in closed form (ridge regression on the
+pooled features of `fit_images` Fashion-MNIST training images, one-hot targets, logits scaled by
+`logit_scale`). The answers then carry real signal, the exits disagree as real exits do, and
+accuracy against the true labels is meaningful, if modest. Per-exit thresholds are quantiles of
+the softmax maximum on `calib_images` other training images, chosen so that the fractions
+`exit_mix` leave at exits 0..K-1 (stated in the manifest's provenance and in the results).
 
-Export goes through model_export's own code (stage graphs, full.onnx, ONNX checker, parity with
-torch, FLOP cross-check); there is no calibration on a validation split.
+Export is model_export.export.export_model (stage graphs, full.onnx, ONNX checker, batch sizes,
+parity with torch, FLOP cross-check, manifest, atomic move) with this module's calibration step
+(exit-mix quantiles) in place of the validation-split search.
 
     python -m bench.heavy_model --arch resnet50 --size 224 --out runs/bench-models/resnet50-224
 """
@@ -21,8 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,25 +32,22 @@ import torch
 import torch.nn.functional as F
 
 from bench.images import encode, fashion_mnist
-from model_export.build import check_destination, move_into_place, stage_specs, staging_dir
-from model_export.graphs import export_graphs
-from model_export.manifest import (
-    Calibration,
-    CalibrationPoint,
-    FileRef,
-    Manifest,
-    Preprocessing,
-    Provenance,
-    load_manifest,
-    sha256_file,
-    write_manifest,
+from elf_core.calibration import evaluate_thresholds, final_exit_only
+from elf_core.exits import softmax
+from elf_core.flops import cumulative_flops_ratio
+from elf_core.manifest import Calibration, Preprocessing, Provenance, load_manifest
+from model_export.export import (
+    Calibrated,
+    CalibrationStep,
+    ExportConfig,
+    ModelCard,
+    export_model,
 )
-from model_export.report import exit_specs
-from model_export.runtime import StageRunner
-from model_export.verify import VerificationError, check_flops, check_graph
+from model_export.report import manifest_point
+from model_export.runtime import StageChain
+from model_export.verify import FlopsReport
 from server.preprocess import decode_image
-from training.flops import cumulative_flops, full_flops
-from training.models import ExitHead, ModelConfig, MultiExitNet, build_model
+from training.networks import ExitHead, ModelConfig, MultiExitNet, build_model
 
 log = logging.getLogger("bench.heavy_model")
 
@@ -142,30 +140,6 @@ def fit_heads(net: MultiExitNet, x: np.ndarray, y: np.ndarray, cfg: BenchModelCo
         head.fc.bias.copy_(torch.from_numpy(bias).float())
 
 
-@torch.no_grad()
-def check_parity_relative(
-    net: MultiExitNet, paths: list[Path], full: Path, x: np.ndarray, rtol: float = 1e-4
-) -> None:
-    """Chained stage graphs and full.onnx vs torch, relative to each exit's logit range (the
-    fitted heads give logits far from unit scale, so model_export's absolute 1e-4 is too tight)."""
-    ref = [t.numpy() for t in net(torch.from_numpy(x))]
-    staged = StageRunner(paths)(x)
-    whole = StageRunner([full])  # one session; full.onnx returns every exit's logits
-    outs = whole.sessions[0].run(None, {"input": x})
-    for name, got in (("stage graphs", staged), (full.name, outs)):
-        for k, (a, r) in enumerate(zip(got, ref, strict=True)):
-            err = float(np.abs(a - r).max() / max(1.0, float(np.abs(r).max())))
-            if not err <= rtol:
-                raise VerificationError(f"{full.parent}: {name}, exit {k}: relative diff {err:.1e}")
-    log.info("parity with torch on %d images (relative %.0e)", len(x), rtol)
-
-
-def softmax_max(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return np.asarray((e / e.sum(axis=1, keepdims=True)).max(axis=1))
-
-
 def mix_thresholds(conf: list[np.ndarray], mix: tuple[float, ...]) -> list[float]:
     """Thresholds t_0..t_{K-2} so that about mix[k] of all images leave at exit k."""
     n = len(conf[0])
@@ -181,47 +155,39 @@ def mix_thresholds(conf: list[np.ndarray], mix: tuple[float, ...]) -> list[float
     return thresholds
 
 
-def evaluate(
-    logits: list[np.ndarray],
-    y: np.ndarray,
-    thresholds: list[float],
-    cum: list[int],
-    full: int,
-    *,
-    final_only: bool = False,
-) -> CalibrationPoint:
-    """Early-exit answers at `thresholds` (or the final exit alone) against the labels y."""
-    conf = [softmax_max(z) for z in logits]
-    k_last = len(logits) - 1
-    exit_idx = np.full(len(y), k_last)
-    for k in reversed(range(k_last)):
-        if not final_only:
-            exit_idx[conf[k] >= thresholds[k]] = k
-    pred = np.array([logits[e][i].argmax() for i, e in enumerate(exit_idx)])
-    correct = pred == y
-    per_class = [correct[y == c].mean() for c in np.unique(y)]
-    return CalibrationPoint(
-        thresholds=[*thresholds, 0.0],
-        balanced_accuracy=float(np.mean(per_class)),
-        accuracy=float(correct.mean()),
-        flops_ratio=float(np.mean([cum[e] for e in exit_idx]) / full),
-        exit_rates=[float(np.mean(exit_idx == k)) for k in range(len(logits))],
-    )
+def exit_mix_calibration(cfg: BenchModelConfig) -> CalibrationStep:
+    """export_model's calibration step: quantile thresholds for cfg.exit_mix on the calibration
+    images, scored with elf_core's exit rule (no accuracy target, no validation split)."""
 
+    def step(stage_paths: Sequence[Path], flops: FlopsReport, model_dir: Path) -> Calibrated:
+        x_cal, y_cal = inputs(cfg, cfg.fit_images, cfg.calib_images)
+        runner = StageChain(stage_paths)
+        chunks = [runner(x_cal[i : i + 32]) for i in range(0, len(x_cal), 32)]
+        probs = [softmax(np.concatenate(z)) for z in zip(*chunks, strict=True)]
+        thresholds = mix_thresholds([p.max(axis=1) for p in probs], cfg.exit_mix)
+        ratio = cumulative_flops_ratio(flops.per_stage)
+        point = manifest_point(evaluate_thresholds(probs, y_cal, ratio, thresholds))
+        final = manifest_point(final_exit_only(probs, y_cal, ratio))
+        last = cfg.fit_images + cfg.calib_images - 1
+        calibration = Calibration(
+            split=f"fashion-mnist train images {cfg.fit_images}..{last}",
+            metric=f"exit mix {list(cfg.exit_mix)} (quantile thresholds, not an accuracy target)",
+            tolerance=0.0,
+            best=final,
+            chosen=point,
+            final_exit_only=final,
+            curve_file=None,
+        )
+        log.info(
+            "exit rates %s, accuracy %.3f (final exit alone %.3f), FLOPs ratio %.3f",
+            [round(r, 3) for r in point.exit_rates],
+            point.accuracy,
+            final.accuracy,
+            point.flops_ratio,
+        )
+        return Calibrated(thresholds, calibration)
 
-def calibration(
-    cfg: BenchModelConfig, chosen: CalibrationPoint, final: CalibrationPoint
-) -> Calibration:
-    last = cfg.fit_images + cfg.calib_images - 1
-    return Calibration(
-        split=f"fashion-mnist train images {cfg.fit_images}..{last}",
-        metric=f"exit mix {list(cfg.exit_mix)} (quantile thresholds, not an accuracy target)",
-        tolerance=0.0,
-        best=final,
-        chosen=chosen,
-        final_exit_only=final,
-        curve_file=None,
-    )
+    return step
 
 
 def build(cfg: BenchModelConfig) -> Path:
@@ -235,61 +201,30 @@ def build(cfg: BenchModelConfig) -> Path:
     x_fit, y_fit = inputs(cfg, 0, cfg.fit_images)
     fit_heads(net, x_fit, y_fit, cfg)
     log.info("heads fitted on %d images in %.0f s", len(x_fit), time.perf_counter() - t0)
-    shape = (cfg.channels, cfg.size, cfg.size)
-    out = cfg.out.resolve()
-    check_destination(out)
-    tmp = staging_dir(out)
-    try:
-        stages, full = export_graphs(net, shape, tmp)
-        paths = [tmp / g.file for g in stages]
-        specs = [check_graph(p) for p in paths]
-        check_graph(tmp / full.file)
-        check_parity_relative(net, paths, tmp / full.file, x_fit[:4])
-        flops = check_flops(net, shape, paths, tmp / full.file)
-        x_cal, y_cal = inputs(cfg, cfg.fit_images, cfg.calib_images)
-        runner = StageRunner(paths)
-        chunks = [runner(x_cal[i : i + 32]) for i in range(0, len(x_cal), 32)]
-        logits = [np.concatenate(z) for z in zip(*chunks, strict=True)]
-        thresholds = mix_thresholds([softmax_max(z) for z in logits], cfg.exit_mix)
-        cum, total = cumulative_flops(flops.per_stage), full_flops(flops.per_stage)
-        point = evaluate(logits, y_cal, thresholds, cum, total)
-        no_exit = [1.0] * (len(logits) - 1)
-        final = evaluate(logits, y_cal, no_exit, cum, total, final_only=True)
-        manifest = Manifest(
-            name=cfg.model_name,
-            version="bench-1",
-            class_names=CLASS_NAMES,
-            preprocessing=preprocessing(cfg),
-            stages=stage_specs(tmp, [g.file for g in stages], specs, flops.per_stage),
-            exits=exit_specs(thresholds, cum),
-            full_model=FileRef(file=full.file, sha256=sha256_file(tmp / full.file)),
-            flops_full=total,
-            calibration=calibration(cfg, point, final),
-            provenance=Provenance(
-                dataset=f"fashion-mnist at {cfg.size} px, {cfg.channels} channel(s)",
-                method="random backbone, ridge-fitted exit classifiers (bench.heavy_model)",
-                loss="none",
-                epochs=0,
-                architecture=cfg.arch,
-                command=json.dumps(cfg.key()),
-            ),
-        )
-        write_manifest(manifest, tmp)
-        (tmp / CONFIG_FILE).write_text(json.dumps(cfg.key(), indent=1) + "\n", encoding="utf-8")
-        load_manifest(tmp)
-        move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info(
-        "%s: exit rates %s, accuracy %.3f (final exit alone %.3f), FLOPs ratio %.3f",
-        out,
-        [round(r, 3) for r in point.exit_rates],
-        point.accuracy,
-        final.accuracy,
-        point.flops_ratio,
+    card = ModelCard(
+        class_names=CLASS_NAMES,
+        preprocessing=preprocessing(cfg),
+        provenance=Provenance(
+            dataset=f"fashion-mnist at {cfg.size} px, {cfg.channels} channel(s)",
+            method="random backbone, ridge-fitted exit classifiers (bench.heavy_model)",
+            loss="none",
+            epochs=0,
+            architecture=cfg.arch,
+            command=json.dumps(cfg.key()),
+        ),
     )
-    return out
+    export_cfg = ExportConfig(out=cfg.out, tolerance=0.0, name=cfg.model_name, version="bench-1")
+    result = export_model(
+        net,
+        card,
+        export_cfg,
+        parity_inputs=x_fit[:4],
+        calibrate=exit_mix_calibration(cfg),
+        # The fitted heads give logits far from unit scale: parity relative to their range.
+        relative_parity=True,
+        extra_files={CONFIG_FILE: json.dumps(cfg.key(), indent=1) + "\n"},
+    )
+    return result.model_dir
 
 
 def ensure(cfg: BenchModelConfig) -> Path:

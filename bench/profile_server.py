@@ -119,13 +119,11 @@ def grouped(prof: cProfile.Profile) -> dict[str, float]:
 
 
 def make_app(target: str, model_dir: Path) -> Any:
-    if target.startswith("elf"):
-        from bench import lean_route  # noqa: PLC0415
+    if target == "elf":
         from server.app import create_app  # noqa: PLC0415
         from server.settings import Settings  # noqa: PLC0415
 
-        app = create_app(Settings(model_dir=model_dir, providers="cpu", log_level="warning"))
-        return lean_route.install(app) if target == "elf-lean" else app
+        return create_app(Settings(model_dir=model_dir, providers="cpu", log_level="warning"))
     from bench.baselines.fastapi_app import create_app as baseline  # noqa: PLC0415
 
     return baseline(model_dir)
@@ -221,12 +219,7 @@ def report(target: str, prof: cProfile.Profile, wrk: WrkResult, top: int, clock:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--target",
-        choices=["elf", "elf-lean", "fastapi"],
-        default="elf",
-        help="elf-lean: /v1/classify as a plain Starlette route (bench/lean_route.py)",
-    )
+    p.add_argument("--target", choices=["elf", "fastapi"], default="elf")
     p.add_argument("--model-dir", type=Path, default=Path("models/fashion-mnist-lt"))
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--duration", type=float, default=8.0)

@@ -40,9 +40,9 @@ import onnxruntime as ort
 from bench import machine
 from bench.images import ImageSet, write_image_set
 from bench.runner_report import write_runner_report
-from model_export.manifest import Manifest, load_manifest
+from elf_core.exits import softmax
+from elf_core.manifest import Manifest, load_manifest
 from server.batching.batcher import Batcher
-from server.batching.rows import softmax
 from server.engine.runner import OnnxStageRunner
 from server.engine.sessions import load_stage_sessions, session_options
 from server.preprocess import decode_image

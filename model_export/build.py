@@ -1,4 +1,4 @@
-"""Assemble the manifest of an exported model directory; move a finished directory into place."""
+"""Parts of an exported model directory's manifest; move a finished directory into place."""
 
 from __future__ import annotations
 
@@ -10,17 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from model_export.manifest import (
+from elf_core.manifest import (
     MANIFEST_FILE,
-    FileRef,
-    Manifest,
     Preprocessing,
     Provenance,
     StageSpec,
     TensorSpec,
     sha256_file,
 )
-from model_export.report import CalibrationOutcome, exit_specs, manifest_calibration
 from training.data import DataSplits
 
 
@@ -95,31 +92,6 @@ def provenance(
         commit=commit or git_commit(),
         command=command,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    )
-
-
-def build_manifest(
-    *,
-    model_dir: Path,
-    name: str,
-    version: str,
-    splits: DataSplits,
-    stages: list[StageSpec],
-    full_file: str,
-    outcome: CalibrationOutcome,
-    prov: Provenance,
-) -> Manifest:
-    return Manifest(
-        name=name,
-        version=version,
-        class_names=list(splits.class_names),
-        preprocessing=preprocessing(splits),
-        stages=stages,
-        exits=exit_specs(outcome.val.chosen.thresholds, outcome.cumulative_flops),
-        full_model=FileRef(file=full_file, sha256=sha256_file(model_dir / full_file)),
-        flops_full=outcome.flops_full,
-        calibration=manifest_calibration(outcome),
-        provenance=prov,
     )
 
 

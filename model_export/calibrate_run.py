@@ -11,15 +11,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model_export.calibration import (
-    calibrate,
-    class_thirds,
-    evaluate_thresholds,
-    final_exit_only,
-    softmax,
-)
+from elf_core.accuracy import class_thirds
+from elf_core.calibration import calibrate, evaluate_thresholds, final_exit_only
+from elf_core.exits import softmax
+from elf_core.providers import Provider
 from model_export.report import CalibrationOutcome
-from model_export.runtime import StageRunner, collect_logits
+from model_export.runtime import StageChain, collect_logits
 from training.data import DataSplits, ImageDataset
 
 log = logging.getLogger(__name__)
@@ -37,7 +34,7 @@ def iter_batches(
 
 
 def split_probs(
-    runner: StageRunner,
+    runner: StageChain,
     data: ImageDataset,
     splits: DataSplits,
     *,
@@ -58,11 +55,11 @@ def run_calibration(
     flops_full: int,
     tolerance: float,
     *,
-    providers: Sequence[str] = ("CPUExecutionProvider",),
+    providers: Sequence[Provider] = ("CPUExecutionProvider",),
     batch_size: int = 256,
     progress: bool = True,
 ) -> CalibrationOutcome:
-    runner = StageRunner(stage_paths, providers)
+    runner = StageChain(stage_paths, providers)
     ratio = [c / flops_full for c in cumulative_flops]
     tail = class_thirds(splits.train_class_counts)[2]
     val_probs, val_labels = split_probs(

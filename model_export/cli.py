@@ -15,8 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from model_export.export import MODEL_NAME_PATTERN, ExportConfig, export_checkpoint, recalibrate
-from model_export.manifest import ManifestError
+from elf_core.manifest import MODEL_NAME_PATTERN, ManifestError
+from model_export.export import ExportConfig, export_checkpoint, recalibrate
 from model_export.report import summary_table
 from model_export.retrofit.cli import retrofit_config, retrofit_parser
 from model_export.retrofit.cuts import RetrofitError
@@ -146,7 +146,8 @@ def _export(a: argparse.Namespace, argv: list[str]) -> int:
         f"FLOPs per image: backbone {res.manifest.flops_full:,}; ONNX cross-check max "
         f"difference {100 * f.max_rel_diff:.3f}%"
     )
-    _say(summary_table(res.calibration))
+    if res.calibration is not None:
+        _say(summary_table(res.calibration))
     return 0
 
 

@@ -12,23 +12,38 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
+import numpy as np
 import torch
 
+from elf_core.flops import cumulative_flops, full_flops
+from elf_core.manifest import (
+    MANIFEST_FILE,
+    MODEL_NAME_PATTERN,
+    Calibration,
+    FileRef,
+    Manifest,
+    Preprocessing,
+    Provenance,
+    load_manifest,
+    sha256_file,
+    write_manifest,
+)
+from elf_core.providers import Provider
 from model_export.build import (
-    build_manifest,
     check_destination,
     move_into_place,
+    preprocessing,
     provenance,
     stage_specs,
     staging_dir,
 )
 from model_export.calibrate_run import run_calibration
 from model_export.graphs import export_graphs
-from model_export.manifest import MANIFEST_FILE, Manifest, load_manifest, write_manifest
 from model_export.report import (
     CalibrationOutcome,
     exit_specs,
@@ -47,10 +62,8 @@ from model_export.verify import (
 )
 from training.checkpoint import load_checkpoint, load_model, load_train_config
 from training.data import DataSplits, build_splits
-from training.flops import cumulative_flops, full_flops
-from training.models import MultiExitNet
+from training.networks import MultiExitNet
 
-MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"  # as Manifest.name
 CONFIG_FILE = "config.json"  # the checkpoint's training config: rebuilds the data splits
 
 log = logging.getLogger(__name__)
@@ -75,7 +88,58 @@ class ExportResult:
     manifest: Manifest
     parity: ParityReport
     flops: FlopsReport
-    calibration: CalibrationOutcome
+    calibration: CalibrationOutcome | None  # None when the calibration step used no split
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the manifest says about a model besides its graphs and calibration."""
+
+    class_names: list[str]
+    preprocessing: Preprocessing
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """What a calibration step hands back to export_model."""
+
+    thresholds: Sequence[float]  # K-1 (auxiliary exits) or K, the last 0
+    calibration: Calibration | None  # the manifest's calibration entry
+    outcome: CalibrationOutcome | None = None  # validation/test numbers, when a split was used
+
+
+class CalibrationStep(Protocol):
+    """Chooses the thresholds of verified stage graphs; may write files into `model_dir` (the
+    staging directory, moved into place with the rest)."""
+
+    def __call__(
+        self, stage_paths: Sequence[Path], flops: FlopsReport, model_dir: Path
+    ) -> Calibrated: ...
+
+
+def validation_calibration(
+    splits: DataSplits, cfg: ExportConfig, name: str, providers: Sequence[Provider]
+) -> CalibrationStep:
+    """The default step: thresholds chosen on the validation split, then measured on test;
+    writes calibration.json and calibration.png."""
+
+    def step(stage_paths: Sequence[Path], flops: FlopsReport, model_dir: Path) -> Calibrated:
+        outcome = run_calibration(
+            stage_paths,
+            splits,
+            cumulative_flops(flops.per_stage),
+            full_flops(flops.per_stage),
+            cfg.tolerance,
+            providers=providers,
+            batch_size=cfg.batch_size,
+            progress=cfg.progress,
+        )
+        write_curve(outcome, model_dir)
+        write_plot(outcome, model_dir, name)
+        return Calibrated(outcome.val.chosen.thresholds, manifest_calibration(outcome), outcome)
+
+    return step
 
 
 def export_checkpoint(checkpoint: Path, cfg: ExportConfig) -> ExportResult:
@@ -88,31 +152,49 @@ def export_checkpoint(checkpoint: Path, cfg: ExportConfig) -> ExportResult:
         command = f"train: {state['command']}; export: {cfg.command}"
     epochs = int(state.get("epoch", config.get("epochs", 0)))
     commit = str(state["commit"]) if state.get("commit") else None
-    return export_model(net, config, splits, cfg, epochs=epochs, command=command, commit=commit)
+    card = ModelCard(
+        class_names=list(splits.class_names),
+        preprocessing=preprocessing(splits),
+        provenance=provenance(splits, config, epochs, command, commit),
+    )
+    # Resolved before the slow part: a missing CUDA provider fails at once.
+    providers = providers_for(cfg.device)
+    n = min(cfg.parity_images, len(splits.val))
+    x = normalize(splits.val.batch(torch.arange(n)).numpy(), splits.mean, splits.std)
+    step = validation_calibration(splits, cfg, model_name(cfg), providers)
+    extra = {CONFIG_FILE: json.dumps(config, indent=1) + "\n"}
+    return export_model(net, card, cfg, parity_inputs=x, calibrate=step, extra_files=extra)
+
+
+def model_name(cfg: ExportConfig) -> str:
+    return cfg.name or cfg.out.resolve().name
 
 
 def export_model(
     net: MultiExitNet,
-    config: dict[str, Any],
-    splits: DataSplits,
+    card: ModelCard,
     cfg: ExportConfig,
     *,
-    epochs: int,
-    command: str | None = None,
-    commit: str | None = None,
+    parity_inputs: np.ndarray,
+    calibrate: CalibrationStep,
+    relative_parity: bool = False,
+    extra_files: dict[str, str] | None = None,
 ) -> ExportResult:
-    """Export, verify and calibrate `net`; `commit`: the training code's (default: this code)."""
+    """Export `net` into cfg.out: stage graphs and full.onnx, checked (ONNX checker, batch sizes,
+    parity with torch on `parity_inputs`, normalized [N, C, H, W], FLOPs cross-check), then
+    calibrated by `calibrate`, with the manifest written and loaded back, all in a staging
+    directory that replaces cfg.out only when everything passed."""
     out = cfg.out.resolve()
-    name = cfg.name or out.name
+    name = model_name(cfg)
     # Fail before the slow part on what would only fail when the manifest is written.
     if not re.fullmatch(MODEL_NAME_PATTERN, name):
         raise ValueError(f"model name {name!r}: letters, digits, '.', '_', '-' only")
     if not 0.0 <= cfg.tolerance <= 1.0:
         raise ValueError(f"tolerance must be in [0, 1], got {cfg.tolerance}")
     check_destination(out)
-    providers = providers_for(cfg.device)
     net = net.cpu().eval()
-    shape = (splits.channels, splits.height, splits.width)
+    pre = card.preprocessing
+    shape = (pre.channels, pre.height, pre.width)
     tmp = staging_dir(out)
     try:
         stages, full = export_graphs(net, shape, tmp)
@@ -120,32 +202,24 @@ def export_model(
         specs = [check_graph(p) for p in stage_paths]
         check_graph(tmp / full.file)
         check_batch_sizes(stage_paths, tmp / full.file, shape, net.num_classes)
-        n = min(cfg.parity_images, len(splits.val))
-        x = normalize(splits.val.batch(torch.arange(n)).numpy(), splits.mean, splits.std)
-        parity = check_parity(net, stage_paths, tmp / full.file, x)
-        flops = check_flops(net, shape, stage_paths, tmp / full.file)
-        outcome = run_calibration(
-            stage_paths,
-            splits,
-            cumulative_flops(flops.per_stage),
-            full_flops(flops.per_stage),
-            cfg.tolerance,
-            providers=providers,
-            batch_size=cfg.batch_size,
-            progress=cfg.progress,
+        parity = check_parity(
+            net, stage_paths, tmp / full.file, parity_inputs, relative=relative_parity
         )
-        write_curve(outcome, tmp)
-        write_plot(outcome, tmp, name)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
-        manifest = build_manifest(
-            model_dir=tmp,
+        flops = check_flops(net, shape, stage_paths, tmp / full.file)
+        cal = calibrate(stage_paths, flops, tmp)
+        for file, text in (extra_files or {}).items():
+            (tmp / file).write_text(text, encoding="utf-8")
+        manifest = Manifest(
             name=name,
             version=cfg.version,
-            splits=splits,
+            class_names=card.class_names,
+            preprocessing=pre,
             stages=stage_specs(tmp, [g.file for g in stages], specs, flops.per_stage),
-            full_file=full.file,
-            outcome=outcome,
-            prov=provenance(splits, config, epochs, command, commit),
+            exits=exit_specs(cal.thresholds, cumulative_flops(flops.per_stage)),
+            full_model=FileRef(file=full.file, sha256=sha256_file(tmp / full.file)),
+            flops_full=full_flops(flops.per_stage),
+            calibration=cal.calibration,
+            provenance=card.provenance,
         )
         write_manifest(manifest, tmp)
         load_manifest(tmp)  # validates and checks every sha256 as the server will
@@ -154,7 +228,7 @@ def export_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("model directory written: %s", out)
-    return ExportResult(out, manifest, parity, flops, outcome)
+    return ExportResult(out, manifest, parity, flops, cal.outcome)
 
 
 def recalibrate(

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from training.models import MultiExitNet
+from training.networks import MultiExitNet
 
 OPSET = 18
 EXPORT_BATCH = 2  # >= 2, so no dimension of size 1 gets specialised into the graph

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model_export.calibration import CalibrationResult, CurvePoint, pareto_front
-from model_export.manifest import Calibration, CalibrationPoint, ExitSpec
+from elf_core.calibration import CalibrationResult, CurvePoint, pareto_front
+from elf_core.exits import exit_thresholds
+from elf_core.manifest import Calibration, CalibrationPoint, ExitSpec
 
 CURVE_FILE = "calibration.json"
 PLOT_FILE = "calibration.png"
@@ -73,15 +74,10 @@ def manifest_calibration(o: CalibrationOutcome) -> Calibration:
 
 def exit_specs(thresholds: Sequence[float], cumulative_flops: Sequence[int]) -> list[ExitSpec]:
     """One ExitSpec per exit; the last exit always answers, so its threshold is 0."""
-    k = len(cumulative_flops)
+    full = exit_thresholds(thresholds, len(cumulative_flops))
     return [
-        ExitSpec(
-            index=i,
-            stage=i,
-            threshold=float(thresholds[i]) if i < k - 1 else 0.0,
-            cumulative_flops=int(cumulative_flops[i]),
-        )
-        for i in range(k)
+        ExitSpec(index=i, stage=i, threshold=float(t), cumulative_flops=int(c))
+        for i, (t, c) in enumerate(zip(full, cumulative_flops, strict=True))
     ]
 
 

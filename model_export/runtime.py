@@ -8,25 +8,22 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from elf_core.providers import Provider, ProviderError, ProviderList, select_providers
+
 # Batches of uint8 images [B, C, H, W] with their labels [B].
 BatchSource = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
 
 
-def providers_for(device: str) -> list[str]:
-    """ONNX Runtime providers for "cpu" or "cuda"; "cuda" fails loudly when ORT lacks CUDA."""
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError(
-                "device cuda asked for, but this onnxruntime has no CUDAExecutionProvider "
-                f"(available: {ort.get_available_providers()})"
-            )
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    raise ValueError(f"unknown device {device!r}; use cpu or cuda")
+def providers_for(device: str) -> ProviderList:
+    """ONNX Runtime providers for "cpu", "auto" or "cuda" (elf_core.providers' rule, with this
+    onnxruntime's providers); "cuda" fails loudly when ORT lacks CUDA."""
+    try:
+        return select_providers(device, ort.get_available_providers())
+    except ProviderError as exc:
+        raise ProviderError(f"--device {exc}") from None
 
 
-def session(path: Path, providers: Sequence[str]) -> ort.InferenceSession:
+def session(path: Path, providers: Sequence[Provider]) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only
     return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
@@ -39,10 +36,12 @@ def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
     return np.asarray((images.astype(np.float32) / 255.0 - m) / s, dtype=np.float32)
 
 
-class StageRunner:
+class StageChain:
     """The stage graphs of a model directory, run one after another on every row."""
 
-    def __init__(self, paths: Sequence[Path], providers: Sequence[str] = ("CPUExecutionProvider",)):
+    def __init__(
+        self, paths: Sequence[Path], providers: Sequence[Provider] = ("CPUExecutionProvider",)
+    ) -> None:
         self.sessions = [session(p, providers) for p in paths]
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:

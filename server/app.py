@@ -13,7 +13,7 @@ from server.api import admin, v1, v2
 from server.api.errors import install_error_handlers
 from server.api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from server.metrics import Metrics
-from server.models import load_models
+from server.registry import load_models
 from server.settings import Settings
 from server.state import AppState
 

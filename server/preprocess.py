@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from model_export.manifest import Preprocessing
+from elf_core.manifest import Preprocessing
 
 # Formats a client may send; anything else is refused before Pillow picks a parser for it.
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")

@@ -24,6 +24,22 @@ class Settings(BaseSettings):
     # auto: CUDA when onnxruntime offers it, else CPU; cuda: fail unless CUDA is active.
     providers: Literal["auto", "cpu", "cuda"] = "auto"
     cuda_device_id: Annotated[int, Field(ge=0)] = 0
+    # CUDA provider options (ONNX Runtime's names; ignored on CPU). HEURISTIC asks cuDNN for its
+    # ranked guess per new input shape; EXHAUSTIVE (ORT's default) benchmarks every algorithm
+    # once per shape (0.3-1.3 s per Conv and shape), DEFAULT uses one fixed algorithm.
+    cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = "HEURISTIC"
+    # kSameAsRequested grows the arena by what is asked; kNextPowerOfTwo (ORT's default) doubles.
+    cuda_arena_extend_strategy: Literal["kSameAsRequested", "kNextPowerOfTwo"] = "kSameAsRequested"
+    # Bytes the CUDA arena of each session may hold; 0 = no limit.
+    cuda_mem_limit_bytes: Annotated[int, Field(ge=0)] = 0
+    # TF32 Conv/MatMul on Ampere and later: faster, ~1e-3 relative error; off = CPU parity.
+    cuda_tf32: bool = False
+    # False: ask for CUDA alone and set session.disable_cpu_ep_fallback, so a graph node that
+    # CUDA cannot run fails session creation instead of running on the CPU (tests use it).
+    cuda_cpu_fallback: bool = True
+    # Load CUDA and cuDNN from the nvidia-* pip packages that `.[gpu]` installs
+    # (onnxruntime.preload_dlls, then the system's library path) before the first CUDA session.
+    cuda_preload_dlls: bool = True
 
     max_batch_size: PositiveInt = 32
     # How long the oldest waiting row may wait for a fuller batch, at every stage.

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from server.metrics import Metrics
-from server.models import ModelRegistry
+from server.registry import ModelRegistry
 from server.settings import Settings
 
 

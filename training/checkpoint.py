@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from training.config import TrainConfig, from_dict, to_dict
-from training.models import ModelConfig, MultiExitNet, build_model
+from training.networks import ModelConfig, MultiExitNet, build_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -21,7 +21,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     return inner if isinstance(inner, nn.Module) else model
 
 
-def save_checkpoint(  # noqa: PLR0917 (the signature agreed in CONTRACTS.md)
+def save_checkpoint(  # noqa: PLR0917 (one argument per part of the checkpoint)
     path: Path | str,
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None,

@@ -20,7 +20,7 @@ from training.config import OptimConfig, TrainConfig
 from training.data import AugmentConfig, DataConfig
 from training.data.config import DATASETS
 from training.losses import BASE_LOSSES, METHODS, LossConfig
-from training.models import VARIANTS, ModelConfig
+from training.networks import VARIANTS, ModelConfig
 from training.trainer import main as train_main
 
 

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from training.data import AugmentConfig, DataConfig
 from training.losses import LossConfig
-from training.models import ModelConfig
+from training.networks import ModelConfig
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """Final metrics (per exit, at fixed and at calibrated thresholds) and the per-class plot.
 
-Early-exit inference and threshold calibration come from model_export.calibration (numpy only),
-so training, export and the server agree on what an exit decision is.
+The exit rule, FLOPs accounting, accuracy and threshold calibration come from elf_core (numpy
+only), so training, export and the server agree on what an exit decision is.
 """
 
 from __future__ import annotations
@@ -12,44 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from model_export.calibration import CurvePoint, calibrate, class_thirds, early_exit
-
-# Many / medium / few shot groups by training images per class (Liu et al. 2019).
-MANY_SHOT = 100
-FEW_SHOT = 20
-
-
-def class_groups(train_class_counts: Sequence[int]) -> dict[str, list[int]]:
-    """head / middle / tail thirds by training frequency, plus the non-empty many/medium/few."""
-    head, middle, tail = class_thirds(train_class_counts)
-    groups = {"head": head, "middle": middle, "tail": tail}
-    shots = {
-        "many": [c for c, n in enumerate(train_class_counts) if n > MANY_SHOT],
-        "medium": [c for c, n in enumerate(train_class_counts) if FEW_SHOT <= n <= MANY_SHOT],
-        "few": [c for c, n in enumerate(train_class_counts) if n < FEW_SHOT],
-    }
-    groups.update({k: v for k, v in shots.items() if v})
-    return groups
-
-
-def summarize(
-    pred: np.ndarray, labels: np.ndarray, groups: dict[str, list[int]], num_classes: int
-) -> dict[str, Any]:
-    """top-1, balanced top-1 (mean per-class recall), per-class recall and each group's mean."""
-    hit = (pred == labels).astype(np.float64)
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    recall = np.bincount(labels, weights=hit, minlength=num_classes)
-    present = counts > 0
-    per_class = np.where(present, recall / np.maximum(counts, 1), np.nan)
-    return {
-        "top1": float(hit.mean()),
-        "balanced_top1": float(np.nanmean(per_class)),
-        "per_class": [None if np.isnan(v) else float(v) for v in per_class],
-        "groups": {
-            name: float(np.nanmean(per_class[cls])) if present[cls].any() else None
-            for name, cls in groups.items()
-        },
-    }
+from elf_core import flops
+from elf_core.accuracy import class_groups, summarize
+from elf_core.calibration import CurvePoint, calibrate
+from elf_core.exits import early_exit
 
 
 def operating_point(
@@ -63,12 +29,11 @@ def operating_point(
 ) -> dict[str, Any]:
     """Early-exit inference at per-exit thresholds: accuracy, exit distribution, expected FLOPs."""
     pred, idx = early_exit(probs, thresholds)
-    K = len(probs)
-    expected = float(np.asarray(cum_flops, dtype=np.float64)[idx].mean())
+    expected = flops.expected_flops(idx, cum_flops)
     return {
         "thresholds": [float(t) for t in thresholds],
         **summarize(pred, labels, groups, probs[0].shape[1]),
-        "exit_rates": (np.bincount(idx, minlength=K) / idx.size).tolist(),
+        "exit_rates": flops.exit_rates(idx, len(probs)),
         "expected_flops": expected,
         "flops_ratio": expected / full_flops,
         "flops_saved": 1.0 - expected / full_flops,
@@ -98,8 +63,8 @@ def final_metrics(
     thresholds calibrated on the validation split (best point, cheapest point within tolerance)."""
     groups = class_groups(train_class_counts)
     K = len(per_stage)
-    cum = list(np.cumsum([b + h for b, h in per_stage]).tolist())
-    full = sum(b for b, _ in per_stage) + per_stage[-1][1]
+    cum = flops.cumulative_flops(per_stage)
+    full = flops.full_flops(per_stage)
     ratio = [c / full for c in cum]
     (val_probs, val_labels), (test_probs, test_labels) = val, test
     cal = calibrate(val_probs, val_labels, ratio, tolerance, tail_classes=groups["tail"])

@@ -1,17 +1,16 @@
 """FLOP counting: FLOPs = 2 x multiply-adds of every Conv2d and Linear actually run.
 
 Bias additions, BatchNorm, activations and pooling are not counted (the usual convention, and
-the one the manifest states).
+the one the manifest states). What the per-stage counts add up to (backbone, cumulative per exit,
+an exit mix's mean) is elf_core.flops.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor, nn
 
-from training.models import MultiExitNet
+from training.networks import MultiExitNet
 
 
 def _layer_flops(module: nn.Module, out: Tensor) -> int:
@@ -64,24 +63,3 @@ def stage_flops(model: MultiExitNet, input_shape: tuple[int, int, int]) -> list[
     finally:
         model.train(was_training)
     return result
-
-
-def full_flops(per_stage: Sequence[tuple[int, int]]) -> int:
-    """The backbone alone: every stage body plus the final classifier, no auxiliary heads."""
-    return sum(body for body, _ in per_stage) + per_stage[-1][1]
-
-
-def cumulative_flops(per_stage: Sequence[tuple[int, int]]) -> list[int]:
-    """Cost of an image leaving at exit k: stage bodies and exit heads 0..k."""
-    out: list[int] = []
-    running = 0
-    for body, head in per_stage:
-        running += body + head
-        out.append(running)
-    return out
-
-
-def cumulative_flops_ratio(per_stage: Sequence[tuple[int, int]]) -> list[float]:
-    """cumulative_flops / full_flops; the last entry is slightly above 1 (the heads passed)."""
-    full = full_flops(per_stage)
-    return [c / full for c in cumulative_flops(per_stage)]

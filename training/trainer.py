@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from model_export.calibration import calibrate
+from elf_core.accuracy import balanced_accuracy
+from elf_core.calibration import calibrate
+from elf_core.flops import cumulative_flops_ratio
 from training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint, unwrap
 from training.config import TrainConfig, to_dict
 from training.data import DataSplits, ImageDataset, build_splits
@@ -27,11 +29,11 @@ from training.distributed import (
     resolve_device,
     wrap_model,
 )
-from training.engine import InputSpec, batches, per_exit_balanced_accuracy, predict, train_one_epoch
 from training.evaluate import final_metrics, plot_per_class
-from training.flops import cumulative_flops_ratio, stage_flops
+from training.flops import stage_flops
+from training.loop import InputSpec, batches, predict, train_one_epoch
 from training.losses import MultiExitLoss
-from training.models import MultiExitNet, build_model
+from training.networks import MultiExitNet, build_model
 from training.optim import make_optimizer
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,9 @@ def _validate(run: _Run) -> dict[str, Any]:
         train_class_counts=run.splits.train_class_counts,
     )
     return {
-        "val_exit_balanced_top1": per_exit_balanced_accuracy(probs, labels),
+        "val_exit_balanced_top1": [
+            balanced_accuracy(p.argmax(axis=1), labels, p.shape[1]) for p in probs
+        ],
         "val_ee_best": cal.best.balanced_accuracy,
         "val_ee_best_tail": cal.best.tail_accuracy,
         "val_ee_best_flops_ratio": cal.best.flops_ratio,

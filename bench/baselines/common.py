@@ -1,7 +1,8 @@
 """What both hand-written baselines share: read the manifest as JSON, decode like a user would.
 
-Deliberately independent of server/ (a user serving full.onnx has none of it): Pillow decode,
-convert to the model's channels, resize when the size differs, scale to [0, 1], normalise.
+Deliberately independent of server/ (a user serving full.onnx has none of it; softmax is
+elf_core's, the one every part uses): Pillow decode, convert to the model's channels, resize when
+the size differs, scale to [0, 1], normalise.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
+
+from elf_core.exits import softmax
 
 
 @dataclass(frozen=True)
@@ -37,9 +40,7 @@ class FullModel:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """[B, C, H, W] -> softmax of the final exit [B, classes] (full.onnx gives every exit)."""
-        logits = self.session.run(None, {"input": batch})[-1].astype(np.float64)
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return np.asarray(e / e.sum(axis=1, keepdims=True))
+        return softmax(np.asarray(self.session.run(None, {"input": batch})[-1]))
 
     def answer(self, probs: np.ndarray) -> dict[str, Any]:
         c = int(probs.argmax())

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from server.models import ExitMode
+from server.registry import ExitMode
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.batching.rows import QueueFullError, ShuttingDownError
 from server.metrics import Metrics
-from server.models import UnknownModelError
 from server.preprocess import InputError
+from server.registry import UnknownModelError
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from server.api.classify_route import ClassifyQuery, DirectRoute, openapi_parameters, parse_query
-from server.models import ServedModel
 from server.preprocess import InputError
+from server.registry import ServedModel
 from server.schemas.v1 import (
     ClassifyResponse,
     ExitDetail,
@@ -145,6 +145,7 @@ def summary(model: ServedModel, default: str) -> ModelSummary:
         num_exits=model.num_exits,
         providers=model.providers,
         device=model.runner.device,
+        warnings=model.warnings,
         thresholds=list(model.thresholds),
     )
 

@@ -23,8 +23,8 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
 from server.api.v1 import StateDep, json_response
-from server.models import ExitMode, ServedModel, UnknownModelError
 from server.preprocess import InputError, tensor_input
+from server.registry import ExitMode, ServedModel, UnknownModelError
 from server.schemas.v2 import (
     InferenceRequest,
     InferenceResponse,

@@ -10,7 +10,8 @@ nothing else is in flight, so a lone request never pays the delay. Rows that arr
 worker runs a batch wait as before, so under load batches form behind the running one. The
 worker always runs the deepest ready queue, so rows that continue from several batches pile up
 and are merged into full batches at later stages, and work already paid for leaves the system
-first. After every stage the rows whose softmax maximum reaches their own threshold are answered
+first. After every stage the rows whose softmax maximum reaches their own threshold (the exit
+rule of elf_core.exits) are answered
 at once (their futures are resolved on their event loop) and dropped; the rest go to the next
 queue. Inference never runs on an event loop; ONNX Runtime parallelises inside each run.
 """
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from elf_core.exits import leaves, softmax
 from server.batching.rows import (
     Part,
     QueueFullError,
@@ -36,7 +38,6 @@ from server.batching.rows import (
     ShuttingDownError,
     StageExecutor,
     resolve,
-    softmax,
 )
 from server.metrics import Metrics
 
@@ -224,11 +225,8 @@ class Batcher:
         for r in rows:
             r.compute_s += t1 - t0
         probs = softmax(logits)
-        last = k == self.num_stages - 1
-        exits = np.ones(len(rows), bool)
-        if not last:
-            thr = np.array([r.thresholds[k] for r in rows])
-            exits = probs.max(axis=1) >= thr
+        thr = np.array([r.thresholds[k] for r in rows])
+        exits = leaves(probs, thr, last=k == self.num_stages - 1)
         # Survivors are queued before the answers go out, so that a client answered here and
         # resubmitting at once finds the batcher's true state (see _deliver).
         keep = np.flatnonzero(~exits)

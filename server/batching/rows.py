@@ -61,13 +61,6 @@ class Part:
     enqueued_at: float = field(default=0.0)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """[N, C] -> [N, C] float64 (as model_export.calibration computes it)."""
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return np.asarray(e / e.sum(axis=1, keepdims=True))
-
-
 def resolve(pairs: list[tuple[asyncio.Future[RowResult], RowResult | BaseException]]) -> None:
     for fut, value in pairs:
         if fut.done():  # timed out or cancelled meanwhile

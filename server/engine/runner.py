@@ -13,27 +13,33 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from model_export.manifest import Manifest
+from elf_core.manifest import Manifest
 from server.engine.onnx_bytes import merge_rows_model
 from server.engine.sessions import EngineError, StageSessions, session_options
 
 log = logging.getLogger(__name__)
 
-Part = tuple[ort.OrtValue, np.ndarray]  # (features [b, ...] on the device, rows to keep int64 [m])
+# (features [b, ...] on the device, the rows of it to keep int64 [m]); the batcher queues these
+# inside its `Part`s.
+FeatureRows = tuple[ort.OrtValue, np.ndarray]
 
 
 class OnnxStageRunner:
     """Implements the batcher's StageExecutor over ONNX Runtime stage sessions."""
 
-    def __init__(self, manifest: Manifest, stages: StageSessions) -> None:
+    def __init__(self, manifest: Manifest, stages: StageSessions, max_parts: int = 32) -> None:
+        """max_parts: most parts one merge joins (the batcher's max_batch_size); more are joined
+        in groups."""
         self.manifest = manifest
         self.stages = stages
         self.num_stages = len(manifest.stages)
         self.device = stages.device
         self.device_id = stages.device_id
         self._input_dtype = np.dtype(manifest.stages[0].input.dtype)
-        self._merge: dict[tuple[int, int, str], ort.InferenceSession] = {}
-        self._merge_options = session_options(1, spinning=False)
+        self.merge_arity = max(2, max_parts)
+        self._merge: dict[tuple[int, str], ort.InferenceSession] = {}
+        self._empties: dict[tuple[tuple[int, ...], str], ort.OrtValue] = {}
+        self._merge_options = session_options(1, False, stages.requested)
         self._check_graph_names()
 
     def _check_graph_names(self) -> None:
@@ -66,7 +72,7 @@ class OnnxStageRunner:
         logits = np.asarray(outputs[-1].numpy(), dtype=np.float32)
         return (outputs[0] if spec.features is not None else None), logits
 
-    def merge(self, parts: Sequence[Part]) -> ort.OrtValue:
+    def merge(self, parts: Sequence[FeatureRows]) -> ort.OrtValue:
         """Keep rows[i] of each part and concatenate, on the device: [sum m_i, ...]."""
         if len(parts) == 1:
             handle, rows = parts[0]
@@ -74,33 +80,61 @@ class OnnxStageRunner:
                 return handle  # nothing exited and nothing to join: no copy
         return self._run_merge(parts)
 
-    def _run_merge(self, parts: Sequence[Part]) -> ort.OrtValue:
-        offsets = np.cumsum([0] + [h.shape()[0] for h, _ in parts[:-1]])
+    def _run_merge(self, parts: Sequence[FeatureRows]) -> ort.OrtValue:
+        if len(parts) > self.merge_arity:  # more parts than the graph has inputs: join in groups
+            n = self.merge_arity
+            joined = [self._run_merge(parts[i : i + n]) for i in range(0, len(parts), n)]
+            return self._run_merge([(j, np.arange(j.shape()[0])) for j in joined])
+        sizes = [h.shape()[0] for h, _ in parts]
+        for i, ((_, r), b) in enumerate(zip(parts, sizes, strict=True)):
+            # On CUDA an out-of-range Gather index yields zeros where the CPU raises: refuse here.
+            if r.size and (r.min() < 0 or r.max() >= b):
+                raise EngineError(f"merge part {i}: rows {r.tolist()} outside [0, {b})")
+        offsets = np.cumsum([0, *sizes[:-1]])
         rows = np.concatenate([r + o for (_, r), o in zip(parts, offsets, strict=True)])
         first = parts[0][0]
-        sess = self._merge_session(len(parts), len(first.shape()), _dtype_name(first))
+        rank, dtype = len(first.shape()), _dtype_name(first)
+        sess = self._merge_session(rank, dtype)
         binding = sess.io_binding()
         for i, (handle, _) in enumerate(parts):
             binding.bind_ortvalue_input(f"x_{i}", handle)
+        # Unused inputs get a [0, ...] tensor on the device: Concat skips it, nothing is copied.
+        empty = self._empty(first.shape()[1:], dtype)
+        for i in range(len(parts), self.merge_arity):
+            binding.bind_ortvalue_input(f"x_{i}", empty)
         binding.bind_cpu_input("rows", rows.astype(np.int64))
         binding.bind_output("y", self.device, self.device_id)
         sess.run_with_iobinding(binding)
         return binding.get_outputs()[0]
 
-    def _merge_session(self, n: int, rank: int, dtype: str) -> ort.InferenceSession:
-        key = (n, rank, dtype)
+    def _empty(self, trailing: Sequence[int], dtype: str) -> ort.OrtValue:
+        key = (tuple(trailing), dtype)
+        value = self._empties.get(key)
+        if value is None:
+            shape = [0, *trailing]
+            value = ort.OrtValue.ortvalue_from_shape_and_type(
+                shape, np.dtype(dtype).type, self.device, self.device_id
+            )
+            self._empties[key] = value
+        return value
+
+    def _merge_session(self, rank: int, dtype: str) -> ort.InferenceSession:
+        """One merge graph per feature rank and dtype (in practice one), with `merge_arity`
+        inputs, on the stages' providers: one CUDA provider instance, arena and stream."""
+        key = (rank, dtype)
         sess = self._merge.get(key)
         if sess is None:
             sess = ort.InferenceSession(
-                merge_rows_model(n, rank, dtype),
+                merge_rows_model(self.merge_arity, rank, dtype),
                 sess_options=self._merge_options,
                 providers=self.stages.requested,
             )
+            self.stages.check(f"{self.manifest.name} merge graph", sess)
             self._merge[key] = sess
         return sess
 
     def warm_up(self, batch_sizes: Sequence[int]) -> None:
-        """Run every stage at every batch size, and every merge arity up to the largest size."""
+        """Run every stage at every batch size, and the merge graph of each stage's features."""
         pre = self.manifest.preprocessing
         first_features: list[ort.OrtValue] = []
         for b in batch_sizes:
@@ -109,19 +143,19 @@ class OnnxStageRunner:
             for k in range(self.num_stages):
                 assert h is not None
                 h, _ = self.run(k, h)
-                if b == 1 and h is not None:
+                if b == min(batch_sizes) and h is not None:
                     first_features.append(h)
-        # A batch at stage k >= 1 joins at most max(batch_sizes) parts of >= 1 row each.
         one_row = np.zeros(1, dtype=np.int64)
         for feats in first_features:
-            for n in range(1, max(batch_sizes) + 1):
+            for n in sorted({1, self.merge_arity}):
                 self._run_merge([(feats, one_row)] * n)
         log.info(
-            "%s: warmed %d stages at batch sizes %s, %d merge graphs",
+            "%s: warmed %d stages at batch sizes %s, %d merge graph(s) of %d inputs",
             self.manifest.name,
             self.num_stages,
             _ranges(batch_sizes),
             len(self._merge),
+            self.merge_arity,
         )
 
 

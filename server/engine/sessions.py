@@ -5,52 +5,34 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import onnxruntime as ort
 
-from model_export.manifest import Manifest
+from elf_core.manifest import Manifest
+from server.engine.providers import (
+    CPU,
+    CUDA,
+    EngineError,
+    Placement,
+    ProviderList,
+    check_placement,
+    requested_providers,
+    session_options,
+    wants_cuda,
+)
 from server.settings import Settings
 
+__all__ = [
+    "CPU",
+    "CUDA",
+    "EngineError",
+    "StageSessions",
+    "load_stage_sessions",
+    "requested_providers",
+    "session_options",
+]
+
 log = logging.getLogger(__name__)
-
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-
-
-class EngineError(RuntimeError):
-    """The engine cannot start as configured; the message says why."""
-
-
-ProviderList = list[str | tuple[str, dict[str, Any]]]
-
-
-def requested_providers(choice: str, device_id: int = 0) -> ProviderList:
-    """Providers to ask ONNX Runtime for: auto = CUDA when this onnxruntime build has it."""
-    available = ort.get_available_providers()
-    if choice == "cpu":
-        return [CPU]
-    if CUDA in available:
-        return [(CUDA, {"device_id": str(device_id)}), CPU]
-    if choice == "cuda":
-        raise EngineError(
-            f"ELF_PROVIDERS=cuda but this onnxruntime has no {CUDA} "
-            f"(available: {', '.join(available)}); install onnxruntime-gpu or use auto/cpu"
-        )
-    return [CPU]
-
-
-def session_options(threads: int, spinning: bool) -> ort.SessionOptions:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    flag = "1" if spinning else "0"
-    opts.add_session_config_entry("session.intra_op.allow_spinning", flag)
-    opts.add_session_config_entry("session.inter_op.allow_spinning", flag)
-    return opts
 
 
 @dataclass(frozen=True)
@@ -63,32 +45,53 @@ class StageSessions:
     device_id: int
     requested: ProviderList
     options: ort.SessionOptions
+    choice: str  # ELF_PROVIDERS
+    warning: str | None = None  # CPU fallback under ELF_PROVIDERS=auto
+
+    def check(self, what: str, sess: ort.InferenceSession) -> Placement:
+        """Another session of this model (a merge graph) must run where the stages run."""
+        available = ort.get_available_providers()
+        return check_placement(what, self.choice, available, sess.get_providers(), self.device)
 
 
 def load_stage_sessions(manifest: Manifest, model_dir: Path, settings: Settings) -> StageSessions:
-    requested = requested_providers(settings.providers, settings.cuda_device_id)
-    opts = session_options(settings.threads_per_session(), settings.ort_spinning)
+    available = ort.get_available_providers()
+    requested = requested_providers(settings, available)
+    if wants_cuda(requested) and settings.cuda_preload_dlls and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()  # onnxruntime >= 1.21; no-op for libraries already loaded
+    opts = session_options(settings.threads_per_session(), settings.ort_spinning, requested)
     sessions = [
         ort.InferenceSession(str(model_dir / s.file), sess_options=opts, providers=requested)
         for s in manifest.stages
     ]
-    active = sessions[0].get_providers()
-    for k, sess in enumerate(sessions):
-        if sess.get_providers() != active:
-            raise EngineError(
-                f"{manifest.name}: stage {k} runs on {sess.get_providers()}, stage 0 on {active}"
-            )
-    if settings.providers == "cuda" and CUDA not in active:
-        raise EngineError(
-            f"{manifest.name}: ELF_PROVIDERS=cuda but the sessions run on {active} "
-            "(CUDA libraries missing or no GPU visible)"
-        )
-    device = "cuda" if CUDA in active else "cpu"
+    name, choice = manifest.name, settings.providers
+    first = check_placement(
+        f"{name} {manifest.stages[0].file}", choice, available, sessions[0].get_providers()
+    )
+    for spec, sess in zip(manifest.stages[1:], sessions[1:], strict=True):
+        what = f"{name} {spec.file}"
+        check_placement(what, choice, available, sess.get_providers(), first.device)
+        if sess.get_providers() != first.providers:
+            active = sess.get_providers()
+            raise EngineError(f"{what} runs on {active}, stage 0 on {first.providers}")
+    if first.warning:
+        log.warning("%s", first.warning)
+    elif choice == "auto" and CUDA not in available:
+        log.info("model %s: this onnxruntime has no %s; running on the CPU", name, CUDA)
     log.info(
         "model %s: %d stage sessions on %s (%d intra-op threads)",
-        manifest.name,
+        name,
         len(sessions),
-        ", ".join(active),
+        ", ".join(first.providers),
         opts.intra_op_num_threads,
     )
-    return StageSessions(sessions, active, device, settings.cuda_device_id, requested, opts)
+    return StageSessions(
+        sessions,
+        first.providers,
+        first.device,
+        settings.cuda_device_id,
+        requested,
+        opts,
+        choice,
+        first.warning,
+    )

@@ -65,6 +65,7 @@ class ModelSummary(BaseModel):
     num_exits: int
     providers: list[str]
     device: str
+    warnings: list[str] = []  # e.g. a CPU fallback under ELF_PROVIDERS=auto
     thresholds: list[float]
 
 

@@ -18,6 +18,8 @@ from bench.http_report import ratios
 from bench.images import load_image_set
 from bench.runner import efficiency
 from bench.wrk_run import run_wrk, write_list
+from elf_core.exits import exit_index, exit_thresholds
+from elf_core.flops import exit_rates
 
 
 def test_mix_thresholds_give_the_requested_exit_mix() -> None:
@@ -25,10 +27,7 @@ def test_mix_thresholds_give_the_requested_exit_mix() -> None:
     conf = [rng.uniform(0.1, 1.0, 1000) for _ in range(4)]
     mix = (0.3, 0.2, 0.2, 0.3)
     t = mix_thresholds(conf, mix)
-    exit_idx = np.full(1000, 3)
-    for k in reversed(range(3)):
-        exit_idx[conf[k] >= t[k]] = k
-    rates = [np.mean(exit_idx == k) for k in range(4)]
+    rates = exit_rates(exit_index(np.stack(conf), exit_thresholds(t, 4)), 4)
     assert rates == pytest.approx(list(mix), abs=0.002)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from model_export.manifest import load_manifest
+from elf_core.manifest import load_manifest
 from tests.deploy.dockerfiles import (
     Dockerfile,
     DockerIgnore,
@@ -58,7 +58,7 @@ def test_dockerignore_matching(ignore: DockerIgnore) -> None:
         "pyproject.toml",
         "README.md",
         "server/app.py",
-        "model_export/manifest.py",
+        "elf_core/manifest.py",
         "models/m/manifest.json",
         "models/m/stage_0.onnx",
         "training/cli.py",
@@ -161,9 +161,9 @@ def test_runtime_image_has_no_torch_or_training_code(name: str, extra: str, prov
     assert "torch" not in text
     sources = [src for s in df.stages for cp in copies(s) for src in cp.sources]
     assert not any(src.startswith(("training", "tests", "bench")) for src in sources), sources
-    # Only the torch-free manifest module of model_export goes in.
-    exported = [src for src in sources if src.startswith("model_export")]
-    assert set(exported) == {"model_export/__init__.py", "model_export/manifest.py"}
+    assert not any(src.startswith("model_export") for src in sources), sources
+    # The torch-free core (manifest, exit rule) goes in whole.
+    assert "elf_core/" in sources, sources
     installs = re.findall(r"pip install ([^&]*)", text)
     extras = {
         e
@@ -202,8 +202,8 @@ import server
 assert server.__file__.startswith(sys.argv[1]), server.__file__
 for mod in pkgutil.walk_packages(server.__path__, "server."):
     importlib.import_module(mod.name)
-import model_export.manifest
-assert model_export.manifest.__file__.startswith(sys.argv[1])
+import elf_core.manifest
+assert elf_core.manifest.__file__.startswith(sys.argv[1])
 print("ok", len(sys.modules))
 """
 

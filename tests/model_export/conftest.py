@@ -17,7 +17,7 @@ from training.checkpoint import save_checkpoint
 from training.config import TrainConfig
 from training.data import DataConfig, build_splits, normalize
 from training.losses import LossConfig
-from training.models import ModelConfig, build_model
+from training.networks import ModelConfig, build_model
 
 TRAIN_PER_CLASS = 40
 TEST_PER_CLASS = 12

@@ -14,13 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from model_export.manifest import ManifestError, load_manifest
+from elf_core.flops import full_flops
+from elf_core.manifest import ManifestError, load_manifest
 from model_export.runtime import normalize
 from model_export.verify import PARITY_ATOL
 from tests.model_export.conftest import Exported
 from training.checkpoint import load_model
 from training.data import build_splits
-from training.flops import full_flops, stage_flops
+from training.flops import stage_flops
 
 
 def _sessions(model_dir: Path) -> tuple[list[ort.InferenceSession], ort.InferenceSession]:

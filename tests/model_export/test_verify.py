@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
+from elf_core.manifest import load_manifest
 from model_export import export as export_mod
 from model_export.build import check_destination
 from model_export.cli import main
 from model_export.graphs import export_graph
-from model_export.manifest import load_manifest
 from model_export.onnx_flops import count_onnx_flops
 from model_export.verify import (
     VerificationError,
@@ -26,7 +26,7 @@ from model_export.verify import (
 from tests.model_export.conftest import Exported
 from training.checkpoint import load_model
 from training.flops import count_flops
-from training.models import ExitHead
+from training.networks import ExitHead
 
 
 class ConvLinear(nn.Module):

@@ -38,14 +38,16 @@ class FakeStages:
         self.delay_s = delay_s
         self.batches: list[tuple[int, list[int]]] = []  # (stage, row ids) per run
         self.merges: list[int] = []  # number of parts per merge
-        self.gate = threading.Event()
+        self.gate = threading.Event()  # runs wait here while it is clear
         self.gate.set()
+        self.started = threading.Event()  # set when a run starts (before it waits at the gate)
         self.fail_stage: int | None = None
 
     def to_device(self, x: np.ndarray) -> np.ndarray:
         return x.reshape(len(x), -1)[:, 0].astype(np.int64)
 
     def run(self, k: int, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        self.started.set()
         self.gate.wait(10)
         if self.delay_s:
             time.sleep(self.delay_s)

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -46,14 +50,21 @@ def elf_serve() -> str:
     return str(script) if script.exists() else "elf-serve"
 
 
+def live_server(model_dir: Path, log: Path, **env: str) -> AbstractContextManager[LiveServer]:
+    return live_command([elf_serve()], model_dir, log, **env)
+
+
 @contextmanager
-def live_server(model_dir: Path, log: Path, **env: str) -> Iterator[LiveServer]:
+def live_command(
+    command: list[str], model_dir: Path, log: Path, /, **env: str
+) -> Iterator[LiveServer]:
+    """`command` (elf-serve or a wrapper of it) with --host and --port, from the repo root."""
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("ELF_")}
     environ |= {"ELF_MODEL_DIR": str(model_dir), "ELF_PROVIDERS": "cpu", **env}
-    cmd = [elf_serve(), "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [*command, "--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=environ, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=environ, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     server = LiveServer(f"http://127.0.0.1:{port}", proc, log)
     try:
         deadline = time.monotonic() + 60
@@ -72,3 +83,58 @@ def live_server(model_dir: Path, log: Path, **env: str) -> Iterator[LiveServer]:
     finally:
         if proc.poll() is None:
             server.terminate()
+
+
+class ServerEvents:
+    """The test's side of tests/server/gated_serve.py: the gate and the event log (FIFOs)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.gate_path, self.events_path = tmp / "gate.fifo", tmp / "events.fifo"
+        os.mkfifo(self.gate_path)
+        os.mkfifo(self.events_path)
+        self._gate = os.open(self.gate_path, os.O_RDWR)
+        self._events = os.fdopen(os.open(self.events_path, os.O_RDWR), "rb", buffering=0)
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, name="server-events", daemon=True).start()
+
+    def _read(self) -> None:
+        for line in iter(self._events.readline, b""):
+            self._lines.put(line.decode().strip())
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"ELF_TEST_GATE": str(self.gate_path), "ELF_TEST_EVENTS": str(self.events_path)}
+
+    def next(self, timeout_s: float = 20) -> str:
+        try:
+            return self._lines.get(timeout=timeout_s)
+        except queue.Empty:
+            raise AssertionError(f"no server event within {timeout_s} s") from None
+
+    def expect(self, *lines: str) -> None:
+        """The next events are exactly `lines`, in any order (the event loop and the batcher's
+        worker write concurrently: a submit's `admitted` may follow the run it started)."""
+        got = [self.next() for _ in lines]
+        assert sorted(got) == sorted(lines), got
+
+    def hold(self) -> None:
+        os.write(self._gate, b"c")
+        self.expect("gate c")
+
+    def release(self) -> None:
+        os.write(self._gate, b"o")
+        self.expect("gate o")
+
+    def close(self) -> None:
+        """Let every held run go without waiting for the server to confirm: on the way out, so
+        that a failed test does not leave the server holding requests."""
+        os.write(self._gate, b"o")
+
+    def unread(self) -> list[str]:
+        out = []
+        while not self._lines.empty():
+            out.append(self._lines.get())
+        return out
+
+
+GATED_SERVE = [sys.executable, "-m", "tests.server.gated_serve"]

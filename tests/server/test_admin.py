@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from model_export.manifest import load_manifest
+from elf_core.manifest import load_manifest
 from server.app import create_app
 from tests.server.conftest import ADMIN_TOKEN, files, make_settings
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from model_export.calibration import early_exit
-from model_export.manifest import load_manifest
+from elf_core.exits import early_exit
+from elf_core.manifest import load_manifest
 from server.app import create_app
 from tests.server.conftest import files, make_settings
 from tests.server.tiny_model import build_tiny_model, normalise, stage_probs

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from model_export.calibration import early_exit
-from model_export.manifest import load_manifest
+from elf_core.exits import early_exit
+from elf_core.manifest import load_manifest
 from tests.server.tiny_model import normalise
 
 OUTPUT_NAMES = [

@@ -1,8 +1,13 @@
-"""The batcher with fake stages: exits, compaction, merging, order, thresholds, limits."""
+"""The batcher with fake stages: exits, compaction, merging, order, thresholds, limits.
+
+Order is forced, never waited for: the fake stages' gate holds the worker inside a run and their
+`started` event says it got there; `submit` queues rows synchronously; `IdleWatch` says when the
+worker went back to waiting with rows still queued."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,7 +15,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from server.batching.batcher import Batcher, QueueFullError, ShuttingDownError
+from server.batching.batcher import Batcher, QueueFullError, Row, RowResult, ShuttingDownError
 from server.metrics import Metrics
 from tests.server.fake_stages import FakeStages, row_inputs
 
@@ -38,6 +43,32 @@ def running(stages: FakeStages, **kw: float) -> Iterator[Batcher]:
 
 def thr(*t: float) -> np.ndarray:
     return np.array(t, dtype=np.float64)
+
+
+def submit(b: Batcher, ids: list[int], t: np.ndarray) -> asyncio.Future[list[RowResult]]:
+    """Queue rows at once (Batcher.infer without waiting for the answers)."""
+    loop = asyncio.get_running_loop()
+    now = time.perf_counter()
+    rows = [Row(x, t, loop, loop.create_future(), now) for x in row_inputs(ids)]
+    b.submit(rows)
+    return asyncio.gather(*(r.future for r in rows))
+
+
+async def started(stages: FakeStages) -> None:
+    """Until the worker is inside a stage run (held there while the gate is clear)."""
+    assert await asyncio.to_thread(stages.started.wait, 10)
+
+
+class IdleWatch(threading.Condition):
+    """The batcher's condition, with an event set whenever the worker starts waiting on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)
 
 
 def test_rows_exit_at_their_first_confident_exit_and_answers_keep_order() -> None:
@@ -117,10 +148,8 @@ def test_timeout_drops_the_rows_and_the_batcher_keeps_serving() -> None:
                 await b.infer(row_inputs([0, 1]), [thr(0.5, 0)] * 2, 0.05)
             stages.gate.set()
             res = await b.infer(row_inputs([2]), [thr(0.5, 0)], 5)
-            for _ in range(100):
-                if b.admitted == 0:
-                    break
-                await asyncio.sleep(0.01)
+            # The timed-out rows were dropped or answered before row 2 (one worker, in order),
+            # and a batch's rows leave the count before their answers are visible.
             assert b.admitted == 0
             return res
 
@@ -134,8 +163,8 @@ def test_full_queue_refuses_whole_requests_and_recovers() -> None:
 
     async def go() -> None:
         with running(stages, max_queue_size=3) as b:
-            first = asyncio.ensure_future(b.infer(row_inputs([0, 1]), [thr(0.5, 0)] * 2, 5))
-            await asyncio.sleep(0.02)
+            first = submit(b, [0, 1], thr(0.5, 0))
+            await started(stages)  # the two rows are in flight, held at the gate
             with pytest.raises(QueueFullError):
                 await b.infer(row_inputs([2, 3]), [thr(0.5, 0)] * 2, 5)
             assert b.admitted == 2  # nothing of the refused request was queued
@@ -153,15 +182,19 @@ def test_stop_answers_queued_rows_then_refuses_new_ones() -> None:
 
     async def go() -> None:
         b = Batcher(stages, max_batch_size=8, max_queue_delay_s=30.0, max_queue_size=8)
+        watch = b._cond = IdleWatch()
         b.start()
-        first = asyncio.ensure_future(b.infer(row_inputs([0]), [thr(0.5, 0)], 60))
-        await asyncio.sleep(0.05)  # row 0 went to the idle worker at once; its run is held
-        pending = asyncio.ensure_future(b.infer(row_inputs([1, 2, 3]), [thr(0.5, 0)] * 3, 60))
-        await asyncio.sleep(0.02)
+        first = submit(b, [0], thr(0.5, 0))
+        await started(stages)  # row 0 went to the idle worker at once; its run is held
+        pending = submit(b, [1, 2, 3], thr(0.5, 0))
+        watch.waiting.clear()
         stages.gate.set()
         assert (await first)[0].exit_index == 0
-        await asyncio.sleep(0.05)
-        assert not pending.done()  # came while the worker was busy: waits for a fuller batch
+        # The worker is back to waiting with rows 1-3 queued: they came while it was busy, so
+        # they wait for a fuller batch (30 s) instead of running now.
+        assert await asyncio.to_thread(watch.waiting.wait, 10)
+        assert not pending.done()
+        assert stages.batches == [(0, [0])]
         t0 = time.perf_counter()
         await asyncio.to_thread(b.stop, 5)
         res = await pending
@@ -199,13 +232,9 @@ def test_rows_arriving_while_the_worker_is_busy_still_form_a_batch() -> None:
 
     async def go() -> None:
         with running(stages, max_batch_size=8, max_queue_delay_s=0.2) as b:
-            first = asyncio.ensure_future(b.infer(row_inputs([0]), [thr(0.5, 0)], 5))
-            await asyncio.sleep(0.05)
-            rest = [
-                asyncio.ensure_future(b.infer(row_inputs([i]), [thr(0.5, 0)], 5))
-                for i in range(1, 6)
-            ]
-            await asyncio.sleep(0.02)
+            first = submit(b, [0], thr(0.5, 0))
+            await started(stages)  # row 0's run is held: the worker is busy
+            rest = [submit(b, [i], thr(0.5, 0)) for i in range(1, 6)]
             stages.gate.set()
             t0 = time.perf_counter()
             await asyncio.gather(first, *rest)

@@ -11,12 +11,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from model_export.manifest import ManifestError, load_manifest
+from elf_core.manifest import ManifestError, load_manifest
 from server.engine.onnx_bytes import merge_rows_model
 from server.engine.runner import OnnxStageRunner
-from server.engine.sessions import CUDA, EngineError, load_stage_sessions, requested_providers
+from server.engine.sessions import EngineError, load_stage_sessions
 from server.metrics import Metrics
-from server.models import find_model_dirs, load_models
+from server.registry import find_model_dirs, load_models
 from tests.server.conftest import make_settings
 from tests.server.tiny_model import build_tiny_model, normalise
 
@@ -39,7 +39,8 @@ def test_merge_graph_is_valid_onnx_and_gathers_rows(n: int, rank: int, dtype: st
 def runner(tiny_model_dir: Path) -> OnnxStageRunner:
     manifest = load_manifest(tiny_model_dir)
     settings = make_settings(tiny_model_dir)
-    return OnnxStageRunner(manifest, load_stage_sessions(manifest, tiny_model_dir, settings))
+    stages = load_stage_sessions(manifest, tiny_model_dir, settings)
+    return OnnxStageRunner(manifest, stages, max_parts=settings.max_batch_size)
 
 
 def test_iobinding_chain_equals_plain_session_runs(
@@ -76,22 +77,56 @@ def test_runner_merge_drops_and_joins_rows_on_the_device(
     assert runner.merge([(a, np.arange(4))]) is a
 
 
-def test_warm_up_prepares_every_merge_arity(tiny_model_dir: Path) -> None:
+def test_warm_up_makes_one_merge_graph_of_max_batch_size_inputs(tiny_model_dir: Path) -> None:
     manifest = load_manifest(tiny_model_dir)
     settings = make_settings(tiny_model_dir, max_batch_size=4)
-    r = OnnxStageRunner(manifest, load_stage_sessions(manifest, tiny_model_dir, settings))
+    stages = load_stage_sessions(manifest, tiny_model_dir, settings)
+    r = OnnxStageRunner(manifest, stages, max_parts=4)
     r.warm_up([1, 2, 3, 4])
-    assert sorted(r._merge) == [(n, 4, "float32") for n in range(1, 5)]
+    assert list(r._merge) == [(4, "float32")]
+    assert [i.name for i in r._merge[4, "float32"].get_inputs()] == [
+        "x_0", "x_1", "x_2", "x_3", "rows",
+    ]  # fmt: skip
 
 
-def test_provider_choice() -> None:
-    assert requested_providers("cpu") == ["CPUExecutionProvider"]
-    if CUDA in ort.get_available_providers():
-        assert requested_providers("auto")[0][0] == CUDA
-    else:
-        assert requested_providers("auto") == ["CPUExecutionProvider"]
-        with pytest.raises(EngineError, match="ELF_PROVIDERS=cuda"):
-            requested_providers("cuda")
+def per_arity_merge(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The previous engine: a merge graph with exactly len(parts) inputs."""
+    sess = ort.InferenceSession(
+        merge_rows_model(len(parts), parts[0][0].ndim), providers=["CPUExecutionProvider"]
+    )
+    offsets = np.cumsum([0] + [len(x) for x, _ in parts[:-1]])
+    rows = np.concatenate([r + o for (_, r), o in zip(parts, offsets, strict=True)])
+    feeds = {f"x_{i}": x for i, (x, _) in enumerate(parts)} | {"rows": rows.astype(np.int64)}
+    out: np.ndarray = sess.run(None, feeds)[0]
+    return out
+
+
+@pytest.mark.parametrize("arity", list(range(1, 12)))
+def test_one_padded_merge_graph_equals_the_per_arity_graphs(
+    runner: OnnxStageRunner, arity: int
+) -> None:
+    """Every arity up to and past the graph's inputs (8 here: more are joined in groups)."""
+    assert runner.merge_arity == 8
+    rng = np.random.default_rng(arity)
+    parts = []
+    for _ in range(arity):
+        x = rng.normal(size=(int(rng.integers(1, 9)), 16, 14, 14)).astype(np.float32)
+        rows = np.sort(rng.choice(len(x), int(rng.integers(1, len(x) + 1)), replace=False))
+        parts.append((x, rows.astype(np.int64)))
+    merged = runner.merge([(runner.to_device(x), r) for x, r in parts]).numpy()
+    expected = np.concatenate([x[r] for x, r in parts])
+    np.testing.assert_array_equal(merged, expected)
+    np.testing.assert_array_equal(merged, per_arity_merge(parts))
+    assert len(runner._merge) == 1
+
+
+def test_merge_refuses_rows_outside_a_part(runner: OnnxStageRunner) -> None:
+    a = runner.to_device(np.zeros((3, 16, 14, 14), np.float32))
+    b = runner.to_device(np.zeros((2, 16, 14, 14), np.float32))
+    with pytest.raises(EngineError, match=r"merge part 1: rows \[0, 2\] outside \[0, 2\)"):
+        runner.merge([(a, np.array([0, 2])), (b, np.array([0, 2]))])
+    with pytest.raises(EngineError, match="merge part 0"):
+        runner.merge([(a, np.array([-1])), (b, np.array([0]))])
 
 
 def copy_model(src: Path, dst: Path) -> Path:

@@ -5,23 +5,32 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from model_export.calibration import early_exit
-from model_export.manifest import load_manifest
-from tests.server.live import LiveServer, live_server
+from elf_core.exits import early_exit
+from elf_core.manifest import load_manifest
+from tests.server.live import (
+    GATED_SERVE,
+    LiveServer,
+    ServerEvents,
+    live_command,
+    live_server,
+)
 from tests.server.tiny_model import normalise
 
 pytestmark = pytest.mark.integration
 
 N_REQUESTS = 200
+T = TypeVar("T")
 CONCURRENCY = 32
 
 
@@ -125,40 +134,81 @@ def test_concurrent_requests_equal_offline_results_and_metrics_add_up(
         assert_clean_exit(server.terminate(), server)
 
 
-async def _burst(url: str, png: bytes, n: int) -> list[httpx.Response]:
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        headers = {"Content-Type": "image/png"}
-        return list(
-            await asyncio.gather(
-                *(client.post("/v1/classify", content=png, headers=headers) for _ in range(n))
-            )
-        )
-
-
 def test_full_queue_is_503_and_sigterm_finishes_in_flight_requests(
-    tiny_model_dir: Path, pngs: list[bytes], tmp_path: Path
+    tiny_model_dir: Path, pngs: list[bytes], offline_probs: list[np.ndarray], tmp_path: Path
 ) -> None:
-    # Rows that arrive while the worker is busy wait 400 ms for a fuller batch, so the queue
-    # (2 images) fills within the burst. The first request meets an idle worker and may be
-    # answered (freeing its slot) before the next arrive: 2 or 3 answers, the rest refused.
+    """The order of events is forced with the gate of tests/server/gated_serve.py and read back
+    from its event log: which requests were admitted is known exactly, not guessed from timing."""
+    pred, exits = early_exit(offline_probs, load_manifest(tiny_model_dir).thresholds)
+    events = ServerEvents(tmp_path)
+    # Rows that arrive while the worker is busy wait 400 ms for a fuller batch; the queue holds 2.
     env = {"ELF_MAX_QUEUE_SIZE": "2", "ELF_MAX_QUEUE_DELAY_MS": "400", "ELF_MAX_BATCH_SIZE": "8"}
-    with live_server(tiny_model_dir, tmp_path / "serve.log", **env) as server:
-        responses = asyncio.run(_burst(server.url, pngs[0], 10))
-        codes = sorted(r.status_code for r in responses)
-        n_ok = codes.count(200)
-        assert n_ok in (2, 3) and codes == [200] * n_ok + [503] * (10 - n_ok), server.logs()
-        refused = [r for r in responses if r.status_code == 503]
+    log = tmp_path / "serve.log"
+    with (
+        live_command(GATED_SERVE, tiny_model_dir, log, **env, **events.env) as server,
+        contextlib.closing(events),
+    ):
+
+        async def step(*lines: str) -> None:
+            await asyncio.to_thread(events.expect, *lines)
+
+        async def full_queue(client: httpx.AsyncClient) -> tuple[list, list]:
+            await asyncio.to_thread(events.hold)
+            a = asyncio.ensure_future(_post(client, pngs[0]))
+            await step("admitted 1", "run 0 1")  # A went to the idle worker; its run is held
+            b = asyncio.ensure_future(_post(client, pngs[1]))
+            await step("admitted 1")  # B waits in the queue: 2 of 2 places taken
+            refused = await asyncio.gather(*(_post(client, pngs[i]) for i in range(2, 10)))
+            await step(*["refused 1"] * 8)
+            await asyncio.to_thread(events.release)
+            return list(await asyncio.gather(a, b)), refused
+
+        answered, refused = asyncio.run(_with_client(server.url, full_queue))
+        assert [r.status_code for r in answered] == [200, 200], server.logs()
+        assert [_answer(r.json())[:2] for r in answered] == [(pred[i], exits[i]) for i in (0, 1)]
+        assert [r.status_code for r in refused] == [503] * 8
         assert all(r.headers["Retry-After"] == "1" for r in refused)
         assert all("queue full" in r.json()["error"] for r in refused)
         m = _samples(httpx.get(f"{server.url}/metrics").text)
-        assert _sum(m, "elf_rejected_total", reason="queue_full") == 10 - n_ok
+        assert _sum(m, "elf_rejected_total", reason="queue_full") == 8
+        # What is left in the log are the stage runs of A and B, nothing admitted or refused.
+        assert all(line.startswith("run ") for line in events.unread())
 
-        async def shutdown_during_requests() -> list[httpx.Response]:
-            pending = asyncio.ensure_future(_burst(server.url, pngs[1], 2))
-            await asyncio.sleep(0.15)  # both requests are inside the batcher, waiting
-            server.proc.terminate()
-            return await pending
+        async def shutdown_during_requests(client: httpx.AsyncClient) -> tuple[list, Exception]:
+            await asyncio.to_thread(events.hold)
+            c = asyncio.ensure_future(_post(client, pngs[2]))
+            await step("admitted 1", "run 0 1")
+            d = asyncio.ensure_future(_post(client, pngs[3]))
+            await step("admitted 1")
+            server.proc.send_signal(signal.SIGTERM)
+            await step(f"signal {int(signal.SIGTERM)}", "draining")
+            # The listening socket is closed: a new request cannot get in.
+            late = await _post_error(server.url, pngs[4])
+            await asyncio.to_thread(events.release)
+            return list(await asyncio.gather(c, d)), late
 
-        late = asyncio.run(shutdown_during_requests())
-        assert [r.status_code for r in late] == [200, 200], server.logs()
+        answered, late = asyncio.run(_with_client(server.url, shutdown_during_requests))
+        assert [r.status_code for r in answered] == [200, 200], server.logs()
+        assert [_answer(r.json())[:2] for r in answered] == [(pred[i], exits[i]) for i in (2, 3)]
+        assert isinstance(late, httpx.ConnectError), late
         assert_clean_exit(server.proc.wait(20), server)
+        assert all(line.startswith("run ") for line in events.unread())
+
+
+async def _post(client: httpx.AsyncClient, png: bytes) -> httpx.Response:
+    return await client.post("/v1/classify", content=png, headers={"Content-Type": "image/png"})
+
+
+async def _post_error(url: str, png: bytes) -> Exception:
+    """The error of a request on a fresh connection (AssertionError if it was answered)."""
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        try:
+            r = await _post(client, png)
+        except httpx.HTTPError as exc:
+            return exc
+    raise AssertionError(f"answered {r.status_code} while the server was shutting down")
+
+
+async def _with_client(url: str, fn: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        return await fn(client)

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from model_export.manifest import load_manifest
+from elf_core.manifest import load_manifest
 from server.app import create_app
 from tests.server.conftest import files, make_settings
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model_export.manifest import Preprocessing
+from elf_core.manifest import Preprocessing
 from server.preprocess import InputError, decode_all, decode_image, tensor_input
 from tests.server.images import GARBAGE, encode, grey, png_header_only, truncated
 

@@ -19,8 +19,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from model_export.calibration import softmax
-from model_export.manifest import (
+from elf_core.exits import softmax
+from elf_core.manifest import (
     Calibration,
     CalibrationPoint,
     ExitSpec,

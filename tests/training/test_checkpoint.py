@@ -13,7 +13,7 @@ from training import cli, trainer
 from training.checkpoint import load_checkpoint, load_model, load_train_config, save_checkpoint
 from training.config import TrainConfig, to_dict
 from training.losses import LossConfig
-from training.models import ModelConfig, build_model
+from training.networks import ModelConfig, build_model
 
 
 def test_round_trip(tmp_path: Path) -> None:

@@ -6,14 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from training.flops import (
-    count_flops,
-    cumulative_flops,
-    cumulative_flops_ratio,
-    full_flops,
-    stage_flops,
-)
-from training.models import ModelConfig, MultiExitNet, build_model
+from elf_core.flops import cumulative_flops, cumulative_flops_ratio, full_flops
+from training.flops import count_flops, stage_flops
+from training.networks import ModelConfig, MultiExitNet, build_model
 
 
 def _tiny() -> MultiExitNet:

@@ -5,17 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model_export import calibration as cal
-from model_export.calibration import (
+from elf_core import calibration as cal
+from elf_core.accuracy import class_thirds
+from elf_core.calibration import (
     CurvePoint,
     calibrate,
-    class_thirds,
-    early_exit,
     evaluate_thresholds,
     pareto_front,
-    softmax,
     threshold_curve,
 )
+from elf_core.exits import early_exit, softmax
 
 
 def _probs(pred: np.ndarray, conf: np.ndarray, c: int) -> np.ndarray:

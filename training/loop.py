@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,13 +157,3 @@ def predict(
     model.train(was_training)
     probs = [torch.cat([c[k] for c in chunks]).numpy() for k in range(len(chunks[0]))]
     return probs, data.labels.numpy().astype(np.int64)
-
-
-def per_exit_balanced_accuracy(probs: Sequence[np.ndarray], labels: np.ndarray) -> list[float]:
-    """Mean per-class recall of each exit alone."""
-    classes = np.unique(labels)
-    out = []
-    for p in probs:
-        hit = p.argmax(axis=1) == labels
-        out.append(float(np.mean([hit[labels == c].mean() for c in classes])))
-    return out

@@ -1,6 +1,6 @@
 """Threshold search beyond exhaustive grids: coordinate descent over per-exit candidates.
 
-Used by model_export.calibration for more than EXHAUSTIVE_MAX_EXITS exits. numpy only.
+Used by elf_core.calibration for more than EXHAUSTIVE_MAX_EXITS exits. numpy only.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""Early-exit evaluation and threshold calibration (numpy only: no torch, no onnx).
+"""Threshold calibration (numpy only: no torch, no onnx).
 
-An image leaves at the first exit k whose softmax maximum reaches thresholds[k]; the last exit
-always answers. The trade-off curve searches per-exit thresholds for the K-1 auxiliary exits:
-exhaustively over a candidate grid for K <= 3 exits, by coordinate descent on Lagrangian
-objectives (expected FLOPs - lambda * balanced accuracy) beyond. Calibration picks the cheapest
-point whose balanced accuracy is at most `tolerance` below the best point of the curve.
+The exit rule is elf_core.exits: an image leaves at the first exit k whose softmax maximum
+reaches thresholds[k]; the last exit always answers. The trade-off curve searches per-exit
+thresholds for the K-1 auxiliary exits: exhaustively over a candidate grid for K <= 3 exits, by
+coordinate descent on Lagrangian objectives (expected FLOPs - lambda * balanced accuracy)
+beyond. Calibration picks the cheapest point whose balanced accuracy is at most `tolerance` below
+the best point of the curve.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from functools import partial
 
 import numpy as np
 
-from model_export.threshold_search import (
+from elf_core.accuracy import class_thirds, per_class_recall
+from elf_core.exits import check_probs, exit_index, exit_thresholds
+from elf_core.flops import exit_rates, expected_flops
+from elf_core.threshold_search import (
     candidate_thresholds,
     constrained,
     descend,
@@ -49,57 +53,6 @@ class CalibrationResult:
     pareto: list[CurvePoint]  # the points no other point beats in both FLOPs and accuracy
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """[N, C] logits -> [N, C] probabilities (float64, numerically stable)."""
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return np.asarray(e / e.sum(axis=1, keepdims=True))
-
-
-def class_thirds(train_class_counts: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
-    """Head / middle / tail thirds of the classes by training count (ties: lower index first)."""
-    order = sorted(range(len(train_class_counts)), key=lambda c: (-train_class_counts[c], c))
-    head, middle, tail = np.array_split(np.array(order, dtype=np.int64), 3)
-    return sorted(head.tolist()), sorted(middle.tolist()), sorted(tail.tolist())
-
-
-def _check_probs(probs: Sequence[np.ndarray]) -> None:
-    if len(probs) < 1:
-        raise ValueError("need the probabilities of at least one exit")
-    shape = probs[0].shape
-    if len(shape) != 2 or any(p.shape != shape for p in probs):
-        raise ValueError(
-            f"every exit needs [N, C] probabilities of one shape, got {[p.shape for p in probs]}"
-        )
-
-
-def _full_thresholds(thresholds: Sequence[float], k: int) -> np.ndarray:
-    """Accept K-1 (auxiliary exits) or K thresholds; return K with the last set to 0."""
-    if len(thresholds) not in (k - 1, k):
-        raise ValueError(f"{k} exits need {k - 1} or {k} thresholds, got {len(thresholds)}")
-    t = np.zeros(k, dtype=np.float64)
-    t[: k - 1] = np.asarray(thresholds, dtype=np.float64)[: k - 1]
-    return t
-
-
-def _exit_index(conf: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """conf [K, N], t [K] -> [N] index of the first exit whose confidence reaches its threshold."""
-    leave = conf >= t[:, None]
-    leave[-1] = True
-    return np.asarray(np.argmax(leave, axis=0))
-
-
-def early_exit(
-    probs: Sequence[np.ndarray], thresholds: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """probs[k]: [N, C] softmax of exit k -> (prediction [N], exit index [N])."""
-    _check_probs(probs)
-    stacked = np.stack([np.asarray(p) for p in probs])  # [K, N, C]
-    idx = _exit_index(stacked.max(axis=2), _full_thresholds(thresholds, len(probs)))
-    preds = stacked.argmax(axis=2)  # [K, N]
-    return preds[idx, np.arange(idx.size)], idx
-
-
 class _Evaluator:
     """Precomputed per-exit confidence and correctness; scores one threshold vector in O(K N)."""
 
@@ -110,7 +63,7 @@ class _Evaluator:
         cum_flops_ratio: Sequence[float],
         tail_classes: Sequence[int] | None,
     ) -> None:
-        _check_probs(probs)
+        check_probs(probs)
         stacked = np.stack([np.asarray(p) for p in probs])  # [K, N, C]
         self.k, n, c = stacked.shape
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -134,14 +87,13 @@ class _Evaluator:
         self.cache: dict[tuple[float, ...], CurvePoint] = {}
 
     def point(self, thresholds: Sequence[float]) -> CurvePoint:
-        t = _full_thresholds(thresholds, self.k)
+        t = exit_thresholds(thresholds, self.k)
         key = tuple(float(v) for v in t)
         if key in self.cache:
             return self.cache[key]
-        idx = _exit_index(self.conf, t)
+        idx = exit_index(self.conf, t)
         hit = self.correct[idx, np.arange(idx.size)]
-        recall = np.bincount(self.labels, weights=hit, minlength=self.counts.size)
-        recall = np.divide(recall, self.counts, out=np.zeros_like(recall), where=self.present)
+        recall = per_class_recall(hit, self.labels, self.counts.size)  # [C], NaN where absent
         n_exit = np.bincount(idx, minlength=self.k)
         hit_exit = np.bincount(idx, weights=hit, minlength=self.k)
         p = CurvePoint(
@@ -149,8 +101,8 @@ class _Evaluator:
             balanced_accuracy=float(recall[self.present].mean()),
             accuracy=float(hit.mean()),
             tail_accuracy=float(recall[self.tail].mean()) if self.tail.any() else None,
-            flops_ratio=float(self.cum[idx].mean()),
-            exit_rates=tuple(float(v) for v in n_exit / idx.size),
+            flops_ratio=expected_flops(idx, self.cum),
+            exit_rates=tuple(exit_rates(idx, self.k)),
             exit_accuracy=tuple(
                 float(h / m) if m else None for h, m in zip(hit_exit, n_exit, strict=True)
             ),

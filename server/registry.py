@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from model_export.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
+from elf_core.exits import check_thresholds, exit_thresholds
+from elf_core.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
 from server.batching.batcher import Batcher
 from server.engine.runner import OnnxStageRunner
 from server.engine.sessions import load_stage_sessions
@@ -50,28 +51,29 @@ class ServedModel:
     def providers(self) -> list[str]:
         return self.runner.stages.providers
 
+    @property
+    def warnings(self) -> list[str]:
+        """What an operator must know about where the model runs (a CPU fallback)."""
+        warning = self.runner.stages.warning
+        return [warning] if warning else []
+
     def row_thresholds(self, threshold: float | None, mode: ExitMode) -> np.ndarray:
         """Per-exit thresholds for one request: [K] float64 (the last exit always answers)."""
         k = self.num_exits
         if mode == "final":
-            t = np.full(k, np.inf)
-        elif threshold is not None:
-            t = np.full(k, threshold, dtype=np.float64)
-        else:
-            t = np.asarray(self.thresholds, dtype=np.float64)
-        t[-1] = 0.0
-        return t
+            return exit_thresholds([np.inf] * (k - 1), k)
+        if threshold is not None:
+            return exit_thresholds([threshold] * (k - 1), k)
+        return exit_thresholds(self.thresholds, k)
 
     def set_thresholds(self, values: list[float]) -> tuple[float, ...]:
         """Accept K-1 (auxiliary exits) or K values (then the last must be 0); return the old."""
         k = self.num_exits
-        if len(values) not in (k - 1, k) or not values:
-            raise InputError(f"{self.name} has {k} exits: send {k - 1} or {k} thresholds")
-        if any(not 0.0 <= v <= 1.0 for v in values):
-            raise InputError(f"thresholds must lie in [0, 1], got {values}")
-        if len(values) == k and values[-1] != 0.0:
-            raise InputError("the last exit always answers: its threshold must be 0")
-        new = (*values[: k - 1], 0.0)
+        try:
+            check_thresholds(values, k)
+        except ValueError as exc:
+            raise InputError(f"{self.name}: {exc}") from None
+        new = tuple(float(v) for v in exit_thresholds(values, k))
         with self._lock:
             old, self.thresholds = self.thresholds, new
         return old
@@ -121,8 +123,8 @@ def load_curve(model_dir: Path, manifest: Manifest) -> Any | None:
 
 def load_model(model_dir: Path, settings: Settings, metrics: Metrics) -> ServedModel:
     manifest = load_manifest(model_dir)
-    runner = OnnxStageRunner(manifest, load_stage_sessions(manifest, model_dir, settings))
     b = settings.max_batch_size
+    runner = OnnxStageRunner(manifest, load_stage_sessions(manifest, model_dir, settings), b)
     runner.warm_up(list(range(1, b + 1)) if settings.warmup_all_batch_sizes else sorted({1, b}))
     batcher = Batcher(
         runner,

@@ -1,7 +1,7 @@
 """The model directory contract: manifest schema, loader and file verification.
 
-Importable without torch or onnx: the server depends on this module and on nothing else of the
-export package. A model directory holds `manifest.json`, one ONNX graph per stage, `full.onnx` and
+Importable without torch or onnx (part of elf_core): export writes it, the server reads it. A
+model directory holds `manifest.json`, one ONNX graph per stage, `full.onnx` and
 the calibration outputs; every file the manifest names carries its sha256, checked on load.
 """
 
@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 SCHEMA_VERSION: Literal[1] = 1
 MANIFEST_FILE = "manifest.json"
 FLOPS_CONVENTION = "FLOPs = 2 x multiply-adds of every Conv and Linear layer run"
+# A model's name: in URLs (/v2/models/{name}) and metric labels.
+MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -123,7 +125,7 @@ class Provenance(_Frozen):
 
 class Manifest(_Frozen):
     schema_version: Literal[1] = SCHEMA_VERSION
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    name: Annotated[str, Field(pattern=f"^{MODEL_NAME_PATTERN}$")]
     version: str
     class_names: Annotated[list[str], Field(min_length=2)]
     preprocessing: Preprocessing

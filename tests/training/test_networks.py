@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from training.models import VARIANTS, ModelConfig, MultiExitNet, build_model, num_parameters
+from training.networks import VARIANTS, ModelConfig, MultiExitNet, build_model, num_parameters
 
 
 @pytest.mark.parametrize(

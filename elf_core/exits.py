@@ -1,0 +1,81 @@
+"""The exit rule: an image leaves at the first exit whose softmax maximum reaches that exit's
+threshold; the last exit always answers (its threshold is recorded as 0).
+
+Training's evaluation, export's calibration, the server's batcher and the benchmarks all decide
+exits with these functions, so the calibrated exit mix is the served one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """[N, C] logits -> [N, C] probabilities (float64, numerically stable)."""
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=1, keepdims=True))
+
+
+def _check_count(values: Sequence[float], k: int) -> None:
+    if len(values) not in (k - 1, k):
+        raise ValueError(f"{k} exits: send {k - 1} or {k} thresholds, got {len(values)}")
+
+
+def check_thresholds(values: Sequence[float], k: int) -> None:
+    """Raise ValueError unless `values` are K-1 (auxiliary exits) or K thresholds in [0, 1], the
+    K-th (the last exit, which always answers) being 0."""
+    if not values:
+        raise ValueError(f"{k} exits: send {k - 1} or {k} thresholds, got none")
+    _check_count(values, k)
+    if any(not 0.0 <= v <= 1.0 for v in values):
+        raise ValueError(f"thresholds must lie in [0, 1], got {list(values)}")
+    if len(values) == k and values[-1] != 0.0:
+        raise ValueError("the last exit always answers: its threshold must be 0")
+
+
+def exit_thresholds(values: Sequence[float], k: int) -> np.ndarray:
+    """K-1 or K thresholds -> [K] float64 with the last set to 0 (the final exit answers)."""
+    _check_count(values, k)
+    t = np.zeros(k, dtype=np.float64)
+    t[: k - 1] = np.asarray(values, dtype=np.float64)[: k - 1]
+    return t
+
+
+def leaves(probs: np.ndarray, thresholds: np.ndarray | float, *, last: bool) -> np.ndarray:
+    """probs [N, C] of one exit, thresholds [N] (per row) or one value -> bool [N]: which rows
+    leave here. At the last exit every row leaves."""
+    if last:
+        return np.ones(probs.shape[0], dtype=bool)
+    return np.asarray(probs.max(axis=1) >= thresholds)
+
+
+def exit_index(conf: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """conf [K, N] softmax maxima, thresholds [K] -> [N] index of the first exit that takes each
+    image (the same comparison as `leaves`, for all exits at once)."""
+    leave = conf >= thresholds[:, None]
+    leave[-1] = True
+    return np.asarray(np.argmax(leave, axis=0))
+
+
+def check_probs(probs: Sequence[np.ndarray]) -> None:
+    if len(probs) < 1:
+        raise ValueError("need the probabilities of at least one exit")
+    shape = probs[0].shape
+    if len(shape) != 2 or any(p.shape != shape for p in probs):
+        raise ValueError(
+            f"every exit needs [N, C] probabilities of one shape, got {[p.shape for p in probs]}"
+        )
+
+
+def early_exit(
+    probs: Sequence[np.ndarray], thresholds: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """probs[k]: [N, C] softmax of exit k -> (prediction [N], exit index [N])."""
+    check_probs(probs)
+    stacked = np.stack([np.asarray(p) for p in probs])  # [K, N, C]
+    idx = exit_index(stacked.max(axis=2), exit_thresholds(thresholds, len(probs)))
+    preds = stacked.argmax(axis=2)  # [K, N]
+    return preds[idx, np.arange(idx.size)], idx
