@@ -40,7 +40,7 @@ from PIL import Image
 
 from bench.images import fashion_mnist
 from bench.servers import free_port
-from model_export.manifest import load_manifest
+from elf_core.manifest import load_manifest
 
 log = logging.getLogger("bench.retrofit")
 TOKEN = "bench-retrofit"
@@ -73,7 +73,6 @@ def write_folder(root: Path, per_split: dict[str, int]) -> Path:
 def export_resnet50(path: Path) -> Path:
     """training.models' resnet50 (random weights), final classifier only, dynamic batch."""
     import torch  # noqa: PLC0415
-
     from training.models import ModelConfig, build_model  # noqa: PLC0415
 
     torch.manual_seed(0)

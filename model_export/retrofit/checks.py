@@ -19,7 +19,7 @@ import torch
 from model_export.retrofit.cuts import Classifier
 from model_export.retrofit.features import session_from_model
 from model_export.retrofit.heads import ExitHead
-from model_export.runtime import StageRunner, normalize, session
+from model_export.runtime import StageChain, normalize, session
 from model_export.verify import PARITY_ATOL, VerificationError
 from training.data import DataSplits
 
@@ -47,7 +47,7 @@ def check_stage_parity(
     ref = session_from_model(clf.model, ["CPUExecutionProvider"]).run(
         [clf.output_name], {clf.input_name: x}
     )[0]
-    final = StageRunner(stage_paths)(x)[-1]
+    final = StageChain(stage_paths)(x)[-1]
     diff = float(np.abs(final - ref).max())
     if not diff <= STAGE_ATOL:
         raise VerificationError(

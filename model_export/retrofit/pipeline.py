@@ -19,18 +19,32 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from elf_core.flops import cumulative_flops, full_flops
+from elf_core.manifest import (
+    FileRef,
+    Manifest,
+    Provenance,
+    load_manifest,
+    sha256_file,
+    write_manifest,
+)
 from model_export.build import (
-    build_manifest,
     check_destination,
     git_commit,
     move_into_place,
+    preprocessing,
     stage_specs,
     staging_dir,
 )
 from model_export.calibrate_run import run_calibration
 from model_export.export import MODEL_NAME_PATTERN
-from model_export.manifest import Manifest, Provenance, load_manifest, write_manifest
-from model_export.report import CalibrationOutcome, write_curve, write_plot
+from model_export.report import (
+    CalibrationOutcome,
+    exit_specs,
+    manifest_calibration,
+    write_curve,
+    write_plot,
+)
 from model_export.retrofit.assemble import build_stage_graphs
 from model_export.retrofit.checks import ParityCheck, check_flops_partition, check_stage_parity
 from model_export.retrofit.cuts import Classifier, Cut, RetrofitError, choose_cuts, load_classifier
@@ -39,7 +53,6 @@ from model_export.retrofit.heads import HeadConfig, train_heads
 from model_export.runtime import providers_for
 from model_export.verify import check_batch_sizes, check_graph
 from training.data import DataConfig, DataSplits, build_splits
-from training.flops import cumulative_flops, full_flops
 
 log = logging.getLogger(__name__)
 RETROFIT_FILE = "retrofit.json"  # what was cut where, the heads' config, the data config
@@ -172,15 +185,17 @@ def retrofit(cfg: RetrofitConfig) -> RetrofitResult:
         write_curve(outcome, tmp)
         write_plot(outcome, tmp, name)
         _write_record(tmp, cfg, clf, cuts, seconds)
-        manifest = build_manifest(
-            model_dir=tmp,
+        manifest = Manifest(
             name=name,
             version=cfg.version,
-            splits=splits,
+            class_names=list(splits.class_names),
+            preprocessing=preprocessing(splits),
             stages=stage_specs(tmp, [g.file for g in graphs.stages], specs, graphs.per_stage),
-            full_file=graphs.full.file,
-            outcome=outcome,
-            prov=_provenance(cfg, clf, splits),
+            exits=exit_specs(outcome.val.chosen.thresholds, outcome.cumulative_flops),
+            full_model=FileRef(file=graphs.full.file, sha256=sha256_file(tmp / graphs.full.file)),
+            flops_full=outcome.flops_full,
+            calibration=manifest_calibration(outcome),
+            provenance=_provenance(cfg, clf, splits),
         )
         write_manifest(manifest, tmp)
         load_manifest(tmp)  # validates and checks every sha256 as the server will

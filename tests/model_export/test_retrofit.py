@@ -15,11 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
+from elf_core.manifest import load_manifest
 from model_export.cli import main
-from model_export.manifest import load_manifest
 from model_export.onnx_flops import count_onnx_flops
 from model_export.retrofit.cuts import Cut, spread
-from model_export.runtime import StageRunner, normalize
+from model_export.runtime import StageChain, normalize
 from tests.model_export.retrofit_nets import (
     PlainCNN,
     TwoOutputs,
@@ -74,7 +74,7 @@ def _test_split(r: Retrofitted) -> tuple[np.ndarray, np.ndarray]:
 def test_chained_stages_reproduce_the_original(retrofitted: Retrofitted) -> None:
     m = load_manifest(retrofitted.model_dir)
     x, _ = _test_split(retrofitted)
-    staged = StageRunner([retrofitted.model_dir / s.file for s in m.stages])(x)
+    staged = StageChain([retrofitted.model_dir / s.file for s in m.stages])(x)
     original = ort.InferenceSession(str(retrofitted.onnx)).run(None, {"image": x})[0]
     assert len(staged) == len(m.stages) == 3  # two stage ends found, two early exits
     assert np.abs(staged[-1] - original).max() <= 1e-5
@@ -84,7 +84,7 @@ def test_chained_stages_reproduce_the_original(retrofitted: Retrofitted) -> None
 def test_every_exit_beats_chance(retrofitted: Retrofitted) -> None:
     m = load_manifest(retrofitted.model_dir)
     x, y = _test_split(retrofitted)
-    logits = StageRunner([retrofitted.model_dir / s.file for s in m.stages])(x)
+    logits = StageChain([retrofitted.model_dir / s.file for s in m.stages])(x)
     # The backbone is random (untrained): only its early exits were trained, on 10 classes.
     accuracy = [float((z.argmax(1) == y).mean()) for z in logits[:-1]]
     assert min(accuracy) > 0.4, accuracy
@@ -117,7 +117,7 @@ def test_server_loads_and_answers(retrofitted: Retrofitted, tmp_path: Path) -> N
         )
         assert r.status_code == 200, server.logs()
         (pred,) = r.json()["results"]
-        logits = StageRunner([retrofitted.model_dir / s.file for s in m.stages])(x[:1])
+        logits = StageChain([retrofitted.model_dir / s.file for s in m.stages])(x[:1])
         k = pred["exit"]["index"]
         assert pred["class_index"] == int(logits[k].argmax())
         assert pred["flops"]["executed"] == m.exits[k].cumulative_flops
