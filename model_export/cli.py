@@ -3,6 +3,7 @@
 elf-export --checkpoint runs/x/checkpoint.pt --out models/NAME [--tolerance 0.005]
 elf-export calibrate --model-dir models/NAME [--tolerance 0.005] [--tail-tolerance 0.01
     [--protect-classes 7,8,9]]
+elf-export retrofit --onnx MODEL.onnx --data-root DIR [--cuts auto|NAME ...] --out models/NAME
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from elf_core.calibration import CalibrationError
 from elf_core.manifest import MODEL_NAME_PATTERN, ManifestError
 from model_export.export import ExportConfig, export_checkpoint, recalibrate
 from model_export.report import summary_table
+from model_export.retrofit.cli import retrofit_config, retrofit_parser
+from model_export.retrofit.cuts import RetrofitError
+from model_export.retrofit.pipeline import retrofit
 from model_export.verify import VerificationError
 from training.checkpoint import CheckpointError
 from training.cli_errors import OneLineParser, add_log_level, positive_int, run_reporting_errors
@@ -92,7 +96,8 @@ def export_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="elf-export",
         description="Export a trained ELF checkpoint to a verified, calibrated model directory. "
-        "Use `elf-export calibrate --help` to recalibrate an existing one.",
+        "Use `elf-export calibrate --help` to recalibrate an existing one, `elf-export retrofit "
+        "--help` to add early exits to an existing ONNX classifier.",
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pt)")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
@@ -143,6 +148,7 @@ _USER_ERRORS = (
     DatasetError,
     CheckpointError,
     OSError,
+    RetrofitError,
 )
 
 
@@ -152,6 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = calibrate_parser()
         a = _checked(parser, parser.parse_args(args_list[1:]))
         work = functools.partial(_calibrate, a)
+    elif args_list[:1] == ["retrofit"]:
+        parser = retrofit_parser(_common)
+        a = _checked(parser, parser.parse_args(args_list[1:]))
+        if a.tail_tolerance is not None:
+            parser.error("--tail-tolerance is not supported by retrofit yet; run without it")
+        work = functools.partial(_retrofit, a, args_list)
     else:
         parser = export_parser()
         a = _checked(parser, parser.parse_args(args_list))
@@ -203,6 +215,28 @@ def _calibrate(a: argparse.Namespace) -> int:
     )
     _say(f"\nrecalibrated {manifest.name} in {a.model_dir}")
     _say(summary_table(outcome))
+    return 0
+
+
+def _retrofit(a: argparse.Namespace, argv: list[str]) -> int:
+    _setup_logging(a.log_level)
+    res = retrofit(retrofit_config(a, shlex.join(["elf-export", *argv])))
+    m = res.manifest
+    _say(f"\nretrofitted {m.name} v{m.version} -> {res.model_dir}")
+    _say(
+        "cuts: "
+        + ", ".join(
+            f"{c.tensor} {list(c.shape)} at {c.cumulative_flops / m.flops_full:.0%}"
+            for c in res.cuts
+        )
+    )
+    _say(
+        f"chained stages vs the original on {res.parity.images} validation images: max abs "
+        f"diff {res.parity.final_max_abs_diff:.2e}; exit heads vs torch "
+        f"{_fmt(res.parity.head_max_abs_diff)}"
+    )
+    _say("wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in res.seconds.items()))
+    _say(summary_table(res.calibration))
     return 0
 
 

@@ -63,14 +63,17 @@ def _node_macs(node: onnx.NodeProto, shapes: dict[str, list[int | str]]) -> int:
     return _per_image(out, where) * int(a[-1])
 
 
+def node_flops(model: onnx.ModelProto, where: str = "graph") -> list[int]:
+    """Per-image FLOPs (2 x MACs) of each node of `model`, in graph order (0 for uncounted ops)."""
+    shapes = _shapes(model)
+    flops = []
+    for node in model.graph.node:
+        if node.op_type in ("If", "Loop", "Scan"):
+            raise OnnxFlopsError(f"{where}: control flow node {node.op_type} is not supported")
+        flops.append(2 * _node_macs(node, shapes) if node.op_type in COUNTED_OPS else 0)
+    return flops
+
+
 def count_onnx_flops(path: str | Path) -> int:
     """Per-image FLOPs (2 x MACs) of every Conv, Gemm and MatMul node in the graph at `path`."""
-    model = onnx.load(str(path))
-    shapes = _shapes(model)
-    total = 0
-    for node in model.graph.node:
-        if node.op_type in COUNTED_OPS:
-            total += 2 * _node_macs(node, shapes)
-        elif node.op_type in ("If", "Loop", "Scan"):
-            raise OnnxFlopsError(f"{path}: control flow node {node.op_type} is not supported")
-    return total
+    return sum(node_flops(onnx.load(str(path)), str(path)))

@@ -1,0 +1,252 @@
+"""Retrofit benchmark: early exits added to existing ONNX classifiers with `elf-export retrofit`.
+
+heavy: the resnet50-style network at 224 px (random backbone, as in bench.heavy_model) exported
+  by torch's ONNX exporter with its final classifier as the only output; retrofitted on a small
+  Fashion-MNIST image folder (RGB, 224 px); then served by a real elf-serve: exit mix and measured
+  speed-up of the calibrated thresholds against no early exit (same server, same images, the
+  thresholds switched through the admin API). Timed part only: run it under
+  /work/runs/bench_lock.sh.
+
+    python -m bench.retrofit heavy --work runs/retrofit-heavy \\
+        --out bench/results/retrofit_heavy.json
+
+fmnist: the standard-bs network (resnet32, Fashion-MNIST-LT, balanced softmax, final exit only)
+  exported with elf-export; its full.onnx reduced to the final output; retrofitted; compared on
+  test (thresholds from validation) with the rows of bench/results/accuracy.json.
+
+    python -m bench.retrofit fmnist --checkpoint CKPT --work runs/retrofit-fmnist \\
+        --out bench/results/retrofit_fmnist.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnx
+from PIL import Image
+
+from bench.images import fashion_mnist
+from bench.servers import free_port
+from elf_core.manifest import load_manifest
+
+log = logging.getLogger("bench.retrofit")
+TOKEN = "bench-retrofit"
+
+
+def _elf_export(*args: str) -> float:
+    """Run elf-export in a subprocess (as a user would); its wall time in seconds."""
+    cmd = [sys.executable, "-m", "model_export.cli", *args, "--no-progress"]
+    log.info("%s", " ".join(cmd))
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - t0
+
+
+def write_folder(root: Path, per_split: dict[str, int]) -> Path:
+    """Fashion-MNIST training images as root/{train,val,test}/<class>/*.png (28 px grey)."""
+    images, labels = fashion_mnist("train")
+    start = 0
+    for split, per_class in per_split.items():
+        for c in range(10):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            idx = np.flatnonzero(labels == c)[start : start + per_class]
+            for i in idx:
+                Image.fromarray(images[i]).save(d / f"{i}.png")
+        start += per_class
+    return root
+
+
+def export_resnet50(path: Path) -> Path:
+    """training.models' resnet50 (random weights), final classifier only, dynamic batch."""
+    import torch  # noqa: PLC0415
+    from training.models import ModelConfig, build_model  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(arch="resnet50", num_classes=10, in_channels=3)).eval()
+
+    class Final(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)[-1]
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Final().eval(), (torch.randn(2, 3, 224, 224),), str(path), dynamo=True,
+            external_data=False, input_names=["image"], output_names=["logits"],
+            dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
+        )  # fmt: skip
+    return path
+
+
+def serve_and_time(model_dir: Path, images: list[bytes], rounds: int) -> dict[str, Any]:
+    """Calibrated thresholds vs none (every image to the final exit), alternating rounds."""
+    manifest = load_manifest(model_dir)
+    port = free_port()
+    env = {"ELF_MODEL_DIR": str(model_dir), "ELF_PROVIDERS": "cpu", "ELF_ADMIN_TOKEN": TOKEN}
+    import os  # noqa: PLC0415
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ELF_")} | env
+    serve = Path(sys.executable).parent / "elf-serve"
+    cmd = [str(serve), "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        # resnet50 at 224 px: the server warms every stage at batch sizes 1..8 before ready.
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        none = [1.0] * (manifest.num_exits - 1)
+        points = {"calibrated": manifest.thresholds[:-1], "no early exit": none}
+        times: dict[str, list[float]] = {k: [] for k in points}
+        exits: dict[str, list[int]] = {}
+        with httpx.Client(base_url=url, timeout=120) as client:
+            client.post("/v1/classify", content=images[0], headers={"Content-Type": "image/png"})
+            for _ in range(rounds):
+                for key, thresholds in points.items():
+                    r = client.put(
+                        f"/v1/models/{manifest.name}/thresholds",
+                        json={"thresholds": thresholds},
+                        headers={"Authorization": f"Bearer {TOKEN}"},
+                    )
+                    r.raise_for_status()
+                    t0 = time.perf_counter()
+                    got = [
+                        client.post(
+                            "/v1/classify", content=b, headers={"Content-Type": "image/png"}
+                        ).json()["results"][0]["exit"]["index"]
+                        for b in images
+                    ]
+                    times[key].append((time.perf_counter() - t0) / len(images))
+                    exits[key] = got
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    k = manifest.num_exits
+    med = {key: statistics.median(v) for key, v in times.items()}
+    return {
+        "images": len(images),
+        "rounds": rounds,
+        "seconds_per_image_median": med,
+        "exit_mix_calibrated": np.bincount(exits["calibrated"], minlength=k).tolist(),
+        "speed_up": med["no early exit"] / med["calibrated"],
+    }
+
+
+def heavy(args: argparse.Namespace) -> dict[str, Any]:
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    onnx_path = work / "resnet50-224.onnx"
+    if not onnx_path.is_file():
+        export_resnet50(onnx_path)
+    data = work / "data"
+    if not data.is_dir():
+        write_folder(data, {"train": args.train_per_class, "val": 10, "test": 10})
+    model_dir = work / "resnet50-224-retrofit"
+    if (model_dir / "manifest.json").is_file():  # built by an earlier (untimed) run
+        record = json.loads((model_dir / "retrofit.json").read_text())
+        seconds = sum(record["seconds"].values())
+    else:
+        seconds = _elf_export(
+        "retrofit", "--onnx", str(onnx_path), "--dataset", "folder", "--data-root", str(data),
+            "--out", str(model_dir), "--epochs", str(args.epochs), "--batch-size", "32",
+            "--threads", "1", "--mean", "0.286", "0.286", "0.286",
+            "--std", "0.353", "0.353", "0.353",
+        )  # fmt: skip
+    m = load_manifest(model_dir)
+    pngs = [p.read_bytes() for p in sorted((data / "test").glob("*/*.png"))][: args.serve_images]
+    result = {
+        "model": m.name,
+        "retrofit_seconds": round(seconds, 1),
+        "cumulative_flops_ratio": [e.cumulative_flops / m.flops_full for e in m.exits],
+        "calibration": m.calibration.model_dump() if m.calibration else None,
+        "retrofit_record": json.loads((model_dir / "retrofit.json").read_text()),
+        "serving": None if args.no_serve else serve_and_time(model_dir, pngs, args.rounds),
+    }
+    return result
+
+
+def final_output_only(full: Path, out: Path) -> Path:
+    """A project full.onnx (every exit's logits) reduced to the final exit: a plain classifier."""
+    model = onnx.load(str(full))
+    last = model.graph.output[-1].name
+    onnx.utils.extract_model(str(full), str(out), ["input"], [last])
+    return out
+
+
+def fmnist(args: argparse.Namespace) -> dict[str, Any]:
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    exported = work / "standard-bs"
+    t_export = _elf_export("--checkpoint", str(args.checkpoint), "--out", str(exported))
+    plain = final_output_only(exported / "full.onnx", work / "standard-bs-final.onnx")
+    model_dir = work / "standard-bs-retrofit"
+    t_retrofit = _elf_export(
+        "retrofit", "--onnx", str(plain), "--out", str(model_dir), "--epochs", str(args.epochs),
+        "--distill", str(args.distill), "--threads", "1",
+    )  # fmt: skip
+    m = load_manifest(model_dir)
+    c = m.calibration
+    assert c is not None and c.test is not None
+    record = json.loads((model_dir / "calibration.json").read_text())
+    return {
+        "checkpoint": str(args.checkpoint),
+        "export_seconds": round(t_export, 1),
+        "retrofit_seconds": round(t_retrofit, 1),
+        "retrofit_record": json.loads((model_dir / "retrofit.json").read_text()),
+        "test_best": record["test"]["best"],
+        "test_chosen": record["test"]["chosen"],
+        "test_final_exit_only": record["test"]["final_exit_only"],
+        "cumulative_flops_ratio": record["cumulative_flops_ratio"],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    h = sub.add_parser("heavy")
+    h.add_argument("--train-per-class", type=int, default=30)
+    h.add_argument("--epochs", type=int, default=5)
+    h.add_argument("--serve-images", type=int, default=40)
+    h.add_argument("--rounds", type=int, default=3)
+    h.add_argument("--no-serve", action="store_true", help="build only (the untimed part)")
+    f = sub.add_parser("fmnist")
+    f.add_argument("--checkpoint", type=Path, required=True)
+    f.add_argument("--epochs", type=int, default=15)
+    f.add_argument("--distill", type=float, default=0.0)
+    for q in (h, f):
+        q.add_argument("--work", type=Path, required=True)
+        q.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    result = heavy(args) if args.what == "heavy" else fmnist(args)
+    result["command"] = "python -m bench.retrofit " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps({k: v for k, v in result.items() if k != "calibration"}, indent=1)[:3000])
+
+
+if __name__ == "__main__":
+    main()
