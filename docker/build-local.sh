@@ -9,7 +9,7 @@
 #   train    elf-train:cpu     (docker/Dockerfile.train on that base; torch's CPU wheel from
 #            ELF_TORCH_WHEELS, default /opt/wheels, when it holds one, else the PyTorch CPU index)
 #   stack    elf-nginx:local, elf-prometheus:local (Debian's nginx and prometheus on that base;
-#            used by docker-compose.local.yml instead of the upstream images)
+#            used by docker-compose.test.yml instead of the upstream images)
 #
 # Idempotent: an image that exists is skipped; --force rebuilds every named image except the base
 # (Docker's layer cache keeps unchanged layers). Needs root for debootstrap, and a running engine

@@ -1,4 +1,4 @@
-"""Prometheus metrics (DESIGN.md "Metrics"): one registry per app, base units, low cardinality.
+"""Prometheus metrics (docs/ARCHITECTURE.md): one registry per app, base units, low cardinality.
 
 With several worker processes (PROMETHEUS_MULTIPROC_DIR set before prometheus_client is imported;
 `elf-serve --workers N` does it), every worker writes its values to files in that directory and
