@@ -136,7 +136,7 @@ def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     # "--- Logging error ---" noise); the program's own report is one line, the last.
     ours = [line for line in err if line.startswith("elf-export")]
     assert len(ours) == 1 and err[-1] == ours[0], err
-    assert ours[0].startswith("elf-export: error: ")
+    assert ours[0].startswith("elf-export retrofit: error: ")
     return ours[0]
 
 
