@@ -12,10 +12,11 @@ heavy: the resnet50-style network at 224 px (random backbone, as in bench.heavy_
 
 fmnist: the standard-bs network (resnet32, Fashion-MNIST-LT, balanced softmax, final exit only)
   exported with elf-export; its full.onnx reduced to the final output; retrofitted; compared on
-  test (thresholds from validation) with the rows of bench/results/accuracy.json.
+  test (thresholds from validation) with rows of bench/results/accuracy (bench.retrofit_compare).
 
     python -m bench.retrofit fmnist --checkpoint CKPT --work runs/retrofit-fmnist \\
-        --out bench/results/retrofit_fmnist.json
+        --out bench/results/retrofit_fmnist.json \\
+        --compare bench/results/accuracy/elf-bs-s1.json=runs/bench-accuracy/elf-bs-e30-s1
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import onnx
 from PIL import Image
 
 from bench.images import fashion_mnist
+from bench.retrofit_compare import accuracy_row, calibration_point, table, training_seconds
 from bench.servers import ServerSpec, running
 from elf_core.manifest import Manifest, load_manifest
 
@@ -227,19 +229,29 @@ def fmnist(args: argparse.Namespace) -> dict[str, Any]:
         "retrofit", "--onnx", str(plain), "--out", str(model_dir), "--epochs", str(args.epochs),
         "--distill", str(args.distill), "--threads", "1",
     )  # fmt: skip
-    m = load_manifest(model_dir)
-    c = m.calibration
-    assert c is not None and c.test is not None
     record = json.loads((model_dir / "calibration.json").read_text())
+    standard = json.loads((exported / "calibration.json").read_text())
+    retrofitted = {
+        "row": "standard-bs + retrofit",
+        "seed": json.loads((exported / "config.json").read_text())["seed"],
+        "source": str(model_dir / "calibration.json"),
+        "test_best": calibration_point(record["test"]["best"]),
+        "test_chosen": calibration_point(record["test"]["chosen"]),
+        "seconds": round(t_export + t_retrofit, 1),
+        "seconds_measured": "export + retrofit",
+    }
+    rows = [retrofitted, *(accuracy_row(spec) for spec in args.compare)]
     return {
         "checkpoint": str(args.checkpoint),
+        "standard_training_seconds": training_seconds(args.checkpoint.parent),
         "export_seconds": round(t_export, 1),
         "retrofit_seconds": round(t_retrofit, 1),
         "retrofit_record": json.loads((model_dir / "retrofit.json").read_text()),
-        "test_best": record["test"]["best"],
-        "test_chosen": record["test"]["chosen"],
+        "standard_test_final": calibration_point(standard["test"]["final_exit_only"]),
         "test_final_exit_only": record["test"]["final_exit_only"],
         "cumulative_flops_ratio": record["cumulative_flops_ratio"],
+        "rows": rows,
+        "table": table(rows),
     }
 
 
@@ -256,6 +268,10 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--checkpoint", type=Path, required=True)
     f.add_argument("--epochs", type=int, default=15)
     f.add_argument("--distill", type=float, default=0.0)
+    f.add_argument(
+        "--compare", nargs="*", default=[], metavar="RESULT_JSON[=RUN_DIR]",
+        help="bench/results/accuracy rows to compare with (=RUN_DIR: its training time)",
+    )  # fmt: skip
     for q in (h, f):
         q.add_argument("--work", type=Path, required=True)
         q.add_argument("--out", type=Path, required=True)
