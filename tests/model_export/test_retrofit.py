@@ -21,7 +21,7 @@ from elf_core.agreement import load_agreement
 from elf_core.manifest import load_manifest
 from model_export.cli import main
 from model_export.onnx_flops import count_onnx_flops
-from model_export.retrofit.cuts import Cut, spread
+from model_export.retrofit.cuts import Cut, RetrofitError, auto_cuts, spread
 from model_export.runtime import StageChain, normalize
 from tests.model_export.retrofit_nets import (
     PlainCNN,
@@ -141,6 +141,7 @@ def test_calibrate_works_on_a_retrofitted_directory(
     # The same validation split as the retrofit's, normalized with the manifest's statistics.
     assert before.calibration is not None
     old, new = before.calibration.final_exit_only, after.calibration.final_exit_only
+    assert old is not None and new is not None
     assert (new.balanced_accuracy, new.accuracy) == (old.balanced_accuracy, old.accuracy)
     agreement = load_agreement(d)  # rewritten for the new thresholds
     assert agreement is not None and agreement.thresholds == after.thresholds
@@ -235,3 +236,11 @@ def test_automatic_cuts_spread_evenly_in_flops() -> None:
     assert [c.tensor for c in spread(ends, 1, 100)] == ["t3"]
     # More exits asked for than stage ends: every end, once, in order.
     assert [c.tensor for c in spread(ends[:2], 3, 100)] == ["t0", "t1"]
+
+
+def test_automatic_cuts_leave_out_the_end_of_the_last_stage() -> None:
+    # resnet32-like: stage ends at 34%, 67% and 100% of the FLOPs; an exit at 100% saves nothing.
+    ends = [Cut(f"t{i}", (8, 8, 8), f) for i, f in enumerate([34, 67, 100])]
+    assert [c.tensor for c in auto_cuts(ends, 3, 100, Path("m.onnx"))] == ["t0", "t1"]
+    with pytest.raises(RetrofitError, match=r"m\.onnx: every stage end found lies past 90%"):
+        auto_cuts(ends[2:], 3, 100, Path("m.onnx"))
