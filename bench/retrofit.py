@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         q.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     result = heavy(args) if args.what == "heavy" else fmnist(args)
     result["command"] = "python -m bench.retrofit " + " ".join(
         sys.argv[1:] if argv is None else argv
