@@ -3,6 +3,8 @@
 Stage k < K-1: input [batch, ...] -> (features [batch, ...], logits [batch, num_classes]);
 the last stage: input -> logits; full.onnx: input -> logits_0 .. logits_{K-1}.
 Exported with the dynamo exporter (torch.export + onnxscript) into single-file graphs.
+`TorchGraphs` is export's graph step for a trained network (model_export.export.write_model_dir):
+these graphs, checked for parity with torch and by the FLOPs cross-check.
 """
 
 from __future__ import annotations
