@@ -23,7 +23,7 @@ from model_export.onnx_flops import OnnxFlopsError, node_flops
 log = logging.getLogger(__name__)
 
 Shape = tuple[int, int, int]  # per image: (C, H, W)
-MAX_AUTO_CUT = 0.9  # automatic cuts lie at most this far into the backbone's FLOPs
+MAX_AUTO_CUT = 0.95  # automatic cuts lie at most this far into the backbone's FLOPs
 
 
 class RetrofitError(ValueError):
