@@ -82,7 +82,9 @@ def test_classify_json_is_the_response_models_own_serialisation(
         assert r.headers["content-type"] == "application/json"
         model = ClassifyResponse.model_validate_json(r.content, strict=True)
         assert model.model_dump_json().encode() == r.content
-        assert len(model.results) == 7 and len(model.results[0].top_k) == (10 if "top_k" in query else 5)
+        assert len(model.results) == 7 and len(model.results[0].top_k) == (
+            10 if "top_k" in query else 5
+        )
 
 
 def test_threshold_and_exit_final_apply_per_request(client: TestClient, pngs: list[bytes]) -> None:
