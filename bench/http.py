@@ -1,21 +1,34 @@
-"""Serving benchmark over HTTP: this server with and without exits against two baselines.
+"""Serving benchmark over HTTP: this server against the servers a user would pick instead.
 
 Load generator: wrk (its own process, C, one connection per thread; its CPU use is reported)
 posting real Fashion-MNIST test images in a closed loop at each concurrency; every answer's
 class_index is checked against the image's label by the Lua script. Targets, each server alone
-(start, wait until ready, warm up, measure, stop), one uvicorn worker each:
+(start, wait until ready, warm up, measure, stop):
 
-  (a) elf-exits  elf-serve, raw image/* body to /v1/classify (early exits at the manifest's
-                 thresholds)
-  (b) elf-final  the same server process, /v1/classify?exit=final (every stage, no early exit)
-  (c) litserve   LitServe serving full.onnx with its batching (multipart body)
-  (d) fastapi    a plain FastAPI `def` endpoint running full.onnx per request (raw body)
+  elf-exits          elf-serve, raw image/* body to /v1/classify (early exits at the manifest's
+                     thresholds), one uvicorn worker
+  elf-final          the same server process, /v1/classify?exit=final (every stage)
+  elf-exits-2w       elf-serve with --workers 2 (prometheus multiprocess mode)
+  elf-exits-compare  elf-serve from another source tree (--compare-src DIR, e.g.
+                     `git archive <commit> | tar -x -C DIR`): before/after numbers in one run
+  litserve           LitServe serving full.onnx with its batching (multipart body)
+  fastapi            a plain FastAPI `def` endpoint running full.onnx per request (raw body)
+  kserve             KServe 0.21's Python model server, full.onnx, batching (raw body)
+  ray                Ray Serve 2.60, full.onnx, @serve.batch (raw body)
+
+KServe and Ray Serve run in venvs of their own, made on first use by bench/peers.py under
+runs/bench-venvs/ from the pinned bench/baselines/requirements/*.lock (minutes, once). The
+batching peers log the batch sizes they ran; each row reports them, and a batching peer whose
+batches stay at ~1 under 8+ concurrent requests is flagged. The in-process limit (full.onnx at
+batch 32 in this process, with the server's session settings) is measured first in the same
+run; the report divides it by the exit mix's FLOPs ratio and states elf-serve's share of it.
 
 Models: the bundled model (default models/fashion-mnist-lt; `--stand-in` builds a resnet32
 stand-in when it is missing) and the resnet50-style network at 224 px (bench.heavy_model).
 
-    python -m bench.http            # the real run (~7 min): bench/results/serving.{md,json,png}
-    python -m bench.http --quick    # a smoke test (~1.5 min) into runs/bench-quick/
+    python -m bench.http --models bundled --targets elf-exits fastapi litserve kserve ray \
+        --name http-bundled           # bench/results/http-bundled.{md,json,png}
+    python -m bench.http --quick      # a smoke test into runs/bench-quick/
 """
 
 from __future__ import annotations
