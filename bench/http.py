@@ -337,6 +337,9 @@ def run_case(case: ModelCase, args: argparse.Namespace) -> list[dict[str, Any]]:
                 args=args,
                 image_list=image_list,
             )
+            # What is measured so far survives a run cut short (bench_lock's time limit).
+            partial = args.log_dir / f"{args.name}-{case.key}.partial.json"
+            partial.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     return rows
 
 
