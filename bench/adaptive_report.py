@@ -45,8 +45,9 @@ def feasibility(r: dict[str, Any]) -> list[str]:
         f"| full depth (exit=final) | - | 1.000 | {cap['full_depth']:.1f} | 1.00 |",
         f"| calibrated (default) | {cal['accuracy']:.4f} | {cal['flops_ratio']:.3f} "
         f"| {cap['calibrated']:.1f} | {cap['calibrated'] / cap['full_depth']:.2f} |",
-        f"| floor ({flo['menu_points']}th menu point) | {flo['accuracy']:.4f} "
-        f"| {flo['flops_ratio']:.3f} | {cap['floor']:.1f} | {cap['floor'] / cap['full_depth']:.2f} |",
+        f"| floor (menu point {flo['menu_points']}) | {flo['accuracy']:.4f} "
+        f"| {flo['flops_ratio']:.3f} | {cap['floor']:.1f} "
+        f"| {cap['floor'] / cap['full_depth']:.2f} |",
         "",
         f"2x the full-depth capacity is {need:.1f} images/s; the floor serves "
         f"{cap['floor']:.1f} ({cap['floor'] / need:.0%} of it): at 2x at least "
