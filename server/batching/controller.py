@@ -60,7 +60,7 @@ class ControllerConfig:
     target_s: float  # ELF_LATENCY_TARGET_MS / 1000
     min_accuracy: float | None = None  # None: base accuracy - 0.01
     tick_s: float = 0.25
-    min_interval_s: float = 1.0  # at most one move per interval
+    min_interval_s: float = 0.25  # at most one move per interval (back: also calm_ticks)
     low: float = 0.5  # "load fell": delay under low * target ...
     calm_ticks: int = 8  # ... for this many ticks in a row
     quantile: float = 0.9
