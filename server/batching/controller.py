@@ -251,6 +251,7 @@ class ControllerThread:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="elf-controller", daemon=True)
         self._last = clock()
+        requests.take(key, 0.5)  # opens this controller's window
 
     def start(self) -> None:
         self._thread.start()
@@ -259,7 +260,7 @@ class ControllerThread:
         now = self.clock()
         q = self.controller.config.quantile
         delay, _ = self.window.take(q)
-        latency, answered, refused, oldest, in_flight = self.requests.take(q)
+        latency, answered, refused, oldest, in_flight = self.requests.take(self.key, q)
         rate = answered / max(now - self._last, 1e-6)
         self._last = now
         signal = Signal(latency, oldest, delay, rate, refused)

@@ -145,12 +145,14 @@ def test_a_move_away_from_the_floor_lifts_the_limit() -> None:
 def test_the_request_monitor_times_requests_and_refuses_beyond_the_limit() -> None:
     now = [0.0]
     m = RequestMonitor(clock=lambda: now[0])
+    for key in ("x", "y"):  # two models' controllers: each reads every request
+        m.take(key, 0.9)
     a, b = m.admit(), m.admit()
     assert a is not None and b is not None
     now[0] = 0.010
     m.done(a)
     now[0] = 0.030
-    latency, answered, refused, oldest, in_flight = m.take(0.9)
+    latency, answered, refused, oldest, in_flight = m.take("x", 0.9)
     assert (latency, answered, refused, in_flight) == (pytest.approx(0.010), 1, 0, 1)
     assert oldest == pytest.approx(0.030)  # b, still in flight
     m.set_limit("x", 2)
@@ -160,9 +162,11 @@ def test_the_request_monitor_times_requests_and_refuses_beyond_the_limit() -> No
     assert m.admit() is not None
     m.set_limit("y", None)
     assert m.limit == 2
-    latency, answered, refused, oldest, in_flight = m.take(0.9)
+    latency, answered, refused, oldest, in_flight = m.take("x", 0.9)
     assert (latency, answered, refused, in_flight) == (pytest.approx(0.030), 1, 1, 1)
-    assert m.take(0.9)[:3] == (None, 0, 0)
+    assert m.take("x", 0.9)[:3] == (None, 0, 0)
+    latency, answered, refused, _, _ = m.take("y", 0.9)  # y has not taken since the start
+    assert (latency, answered, refused) == (pytest.approx(0.028), 2, 1)  # q90 of 10, 30 ms
 
 
 def test_explicit_floor_and_an_unknown_base() -> None:
@@ -257,7 +261,7 @@ def test_at_the_floor_requests_beyond_the_limit_get_503_at_once(
         model.controller.stop()  # this test makes the ticks itself
         ticker, ctl = model.controller, model.controller.controller
         r = c.post("/v1/classify", files=files(pngs[:2]))
-        latency, answered, _, oldest, in_flight = ticker.requests.take(0.9)
+        latency, answered, _, oldest, in_flight = ticker.requests.take("tiny", 0.9)
         assert r.status_code == 200 and answered == 1 and latency is not None and latency > 0
         assert (oldest, in_flight) == (0.0, 0)
         with ctl.lock:
