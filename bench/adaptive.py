@@ -42,6 +42,7 @@ from server.batching.controller import build_menu, curve_points
 RESULTS = Path(__file__).parent / "results"
 BUNDLED = Path(__file__).resolve().parents[1] / "models" / "fashion-mnist-lt"
 TOKEN = "bench-adaptive"
+SETTLE_S = 5.0  # p99_settled_ms leaves out the requests sent in a step's first seconds
 Image = tuple[bytes, int, str]  # encoded image, label, content type
 
 
@@ -92,6 +93,7 @@ async def open_loop(url: str, images: list[Image], rate: float, seconds: float) 
     client.close()
     ok = [o for o in out if o["status"] == 200]
     lat = np.array([o["latency"] for o in ok]) * 1e3
+    settled = np.array([o["latency"] for o in ok if o["at"] >= SETTLE_S]) * 1e3
     return {
         "rate": rate,
         "sent": n,
@@ -99,6 +101,8 @@ async def open_loop(url: str, images: list[Image], rate: float, seconds: float) 
         "goodput": len(ok) / wall,
         "p50_ms": float(np.percentile(lat, 50)) if ok else None,
         "p99_ms": float(np.percentile(lat, 99)) if ok else None,
+        # The steady state: requests sent after the first SETTLE_S of the step.
+        "p99_settled_ms": float(np.percentile(settled, 99)) if settled.size else None,
         "rate_503_shed": sum(o["status"] == 503 and o["shed"] for o in out) / n,
         "rate_503_other": sum(o["status"] == 503 and not o["shed"] for o in out) / n,
         "rate_504": sum(o["status"] == 504 for o in out) / n,

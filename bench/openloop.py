@@ -76,16 +76,17 @@ async def run(
     """Send requests[i] at t0 + i / rate; (one record per request, seconds taken to send them
     all, seconds until the last answer)."""
 
-    async def one(img: tuple[bytes, int, str]) -> dict[str, Any]:
+    async def one(img: tuple[bytes, int, str], at: float) -> dict[str, Any]:
         a = await client.post(path, img[0], img[2])
         shed = a.status == 503 and b"overloaded" in a.body
         correct = a.status == 200 and json.loads(a.body)["results"][0]["class_index"] == img[1]
-        return {"status": a.status, "latency": a.latency_s, "correct": correct, "shed": shed}
+        return {"status": a.status, "latency": a.latency_s, "correct": correct, "shed": shed,
+                "at": at}  # fmt: skip
 
     t0, tasks = time.perf_counter(), []
     for i, img in enumerate(requests):
         await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
-        tasks.append(asyncio.create_task(one(img)))
+        tasks.append(asyncio.create_task(one(img, i / rate)))
     sent_in = time.perf_counter() - t0
     out = await asyncio.gather(*tasks)
     return list(out), sent_in, time.perf_counter() - t0

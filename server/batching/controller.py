@@ -18,13 +18,13 @@ One rule with hysteresis: over the target it moves one point cheaper; under `low
 touched.
 
 At the cheapest point (the floor) and still over the target, cheaper answers cannot help any
-more: the controller sheds load. It sets an admission limit on the inference requests in flight,
-first the concurrency that meets the target at the measured throughput (Little's law: answered
-per second x target), then multiplicatively down on a tick over the target (`decrease`, at most
-once per target) and one up on a tick under it; new requests beyond it get 503 with Retry-After
-at once (counted, reason "overloaded") instead of a latency that grows into timeouts. The limit
-is lifted after `calm_ticks` ticks under the target without a refusal; only then may the point
-move back.
+more: the controller sheds load. It sets an admission limit on the inference requests in flight:
+what the measured throughput answers within `low` x target (Little's law: requests answered per
+second, smoothed over ticks, x low x target), recomputed every tick, so that it follows the
+capacity and grows again when it was too tight (as long as one request alone takes less than
+that). New requests beyond it get 503 with Retry-After at once (counted, reason "overloaded")
+instead of a latency that grows into timeouts. The limit is lifted after `calm_ticks` ticks
+under the target without a refusal; only then may the point move back.
 Each worker process runs its own controller on its own requests and queue; the base is shared
 through the state directory, the moves and the limit are not. With several models the request
 figures are the service's (the HTTP side is shared); the admission limit is the lowest any
@@ -65,7 +65,7 @@ class ControllerConfig:
     calm_ticks: int = 8  # ... for this many ticks in a row
     quantile: float = 0.9
     min_step: float = 0.01  # FLOPs ratio between neighbouring menu points
-    decrease: float = 0.75  # admission limit x this on a tick over the target, while shedding
+    smoothing: float = 0.25  # weight of the newest tick in the throughput behind the limit
     min_limit: int = 1  # the admission limit never goes below this many requests in flight
 
 
@@ -139,7 +139,7 @@ class Controller:
     _last_move: float = float("-inf")
     _calm: int = 0
     _quiet: int = 0  # ticks in a row under the target without a refusal
-    _last_cut: float = float("-inf")
+    _rate: float = 0.0  # requests answered per second, smoothed, while shedding
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def rebase(self, base: tuple[float, ...]) -> None:
@@ -166,7 +166,7 @@ class Controller:
         over = load > c.target_s
         self._calm = self._calm + 1 if load < c.low * c.target_s else 0
         self._quiet = self._quiet + 1 if not over and signal.refused == 0 else 0
-        self._admission(now, signal, over)
+        self._admission(signal, over)
         if len(self.menu) < 2 or now - self._last_move < c.min_interval_s:
             return None
         if over and self.index < len(self.menu) - 1:
@@ -180,30 +180,28 @@ class Controller:
             return self._move(now, "back", reason)
         return None
 
-    def _admission(self, now: float, signal: Signal, over: bool) -> None:
-        """Shed load only at the cheapest point: AIMD on the requests admitted in flight, cut
-        at most once per target (a cut shows in the latencies one target later)."""
+    def _admission(self, signal: Signal, over: bool) -> None:
+        """Shed load only at the cheapest point: admit what the throughput answers within
+        low x target."""
         c = self.config
         if not self.menu or self.index < len(self.menu) - 1:
             self.limit = None
-        elif self.limit is None:
-            if over:
-                self.limit = max(c.min_limit, math.ceil(signal.answered_per_s * c.target_s))
-                self._quiet, self._last_cut = 0, now
-                log.warning(
-                    "controller: at the cheapest point and %s > target %s: shedding load, "
-                    "at most %d requests in flight", signal.describe(), _ms(c.target_s),
-                    self.limit,
-                )  # fmt: skip
-        elif over:
-            if now - self._last_cut >= c.target_s:
-                self.limit = max(c.min_limit, int(self.limit * c.decrease))
-                self._last_cut = now
+            return
+        if self.limit is None:
+            if not over:
+                return
+            self._rate, self._quiet = signal.answered_per_s, 0
+            log.warning(
+                "controller: at the cheapest point and %s > target %s: shedding load",
+                signal.describe(), _ms(c.target_s),
+            )  # fmt: skip
         elif self._quiet >= c.calm_ticks:
             self.limit = None
             log.info("controller: load shedding off (%s)", signal.describe())
+            return
         else:
-            self.limit += 1
+            self._rate += c.smoothing * (signal.answered_per_s - self._rate)
+        self.limit = max(c.min_limit, math.ceil(self._rate * c.low * c.target_s))
 
     def _move(self, now: float, direction: str, reason: str) -> str:
         self._last_move = now

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -106,30 +107,33 @@ def test_hysteresis_back_only_after_calm_ticks_and_not_in_the_band() -> None:
     assert [d for _, d in moves] == ["cheaper", "cheaper", "back", "back"]
 
 
-def test_at_the_floor_and_still_over_it_sheds_load_by_aimd_then_lifts_it() -> None:
+def test_at_the_floor_and_still_over_it_sheds_load_then_lifts_it() -> None:
     moves: list[tuple[Point, str]] = []
-    c = controller(moves)  # target 10 ms, 1 s between moves, calm after 3 ticks
-    c.step(0.0, tick(0.050, per_s=500.0))
+    c = controller(moves)  # target 10 ms, low 0.5, 1 s between moves, calm after 3 ticks
+    c.step(0.0, tick(0.050, per_s=1000.0))
     assert c.limit is None  # not at the floor yet: a cheaper point first
-    c.step(1.0, tick(0.050, per_s=500.0))
+    c.step(1.0, tick(0.050, per_s=1000.0))
     assert c.at_floor and c.limit is None  # the move to the floor does not shed yet
-    # Still over at the floor: admit what meets the target at this throughput (Little's law).
-    c.step(1.25, tick(0.050, per_s=500.0))
-    assert c.limit == 5  # 500 answered/s x 10 ms
-    c.step(1.255, tick(0.050, per_s=500.0))
-    assert c.limit == 5  # one cut per target (10 ms) at most
-    c.step(1.27, tick(0.050, per_s=500.0))
-    assert c.limit == 3  # x 0.75
-    assert [c.step(1.3 + i, tick(0.050)) for i in range(5)] == [None] * 5
+    # Still over at the floor: admit what 1000 answers/s drain within 5 ms (Little's law).
+    c.step(1.25, tick(0.050, per_s=1000.0))
+    assert c.limit == 5
+    # The limit follows the throughput, smoothed (weight 0.25 per tick): 1000 -> 600 -> 300.
+    c.step(1.5, tick(0.050, per_s=600.0))
+    assert c.limit == math.ceil(900 * 0.005)
+    c.step(1.75, tick(0.050, per_s=0.0))
+    assert c.limit == math.ceil(675 * 0.005)
+    for i in range(20):
+        c.step(2.0 + i, tick(0.050, per_s=0.0))
     assert c.limit == 1  # never below min_limit
-    # Under the target but still refusing: one more admitted per tick; no move back meanwhile.
-    assert [c.step(10.0 + i, tick(0.001, refused=2)) for i in range(4)] == [None] * 4
-    assert c.limit == 5 and c.at_floor
+    # Under the target but still refusing: the limit stays, grows with the throughput.
+    for i in range(20):
+        assert c.step(30.0 + i, tick(0.001, per_s=2000.0, refused=2)) is None
+    assert c.limit == 10 and c.at_floor  # 2000/s x 5 ms, the smoothing converged
     # Quiet (no refusal, under the target) for calm_ticks ticks: the limit is lifted, and only
     # then the point may move back (the calm count went on meanwhile).
-    assert [c.step(20.0 + i, tick(0.001)) for i in range(2)] == [None, None]
-    assert c.limit == 7
-    assert c.step(22.0, tick(0.001)) == "back"
+    assert [c.step(60.0 + i, tick(0.001)) for i in range(2)] == [None, None]
+    assert c.limit is not None
+    assert c.step(62.0, tick(0.001)) == "back"
     assert c.limit is None and [d for _, d in moves] == ["cheaper", "cheaper", "back"]
 
 
@@ -137,7 +141,7 @@ def test_a_move_away_from_the_floor_lifts_the_limit() -> None:
     c = controller([])
     for t in (0.0, 1.0, 1.5):
         c.step(t, tick(0.050, per_s=200.0))
-    assert c.limit == 2
+    assert c.limit == 1
     c.rebase(MENU[0].thresholds)  # a PUT: start again from the new base
     assert c.limit is None and c.index == 0
 
