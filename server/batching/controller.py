@@ -108,8 +108,8 @@ def build_menu(
     min_step: float,
     measured: Sequence[Point] = (),
 ) -> list[Point]:
-    """[base point, cheaper Pareto points ...] down to the floor; [] when neither `points` nor
-    `measured` (the whole curve) holds the base thresholds."""
+    """[base point, cheaper Pareto points ...] down to the floor (the cheapest last); [] when
+    neither `points` nor `measured` (the whole curve) holds the base thresholds."""
     found = [p for p in (*points, *measured) if np.allclose(p.thresholds, base, atol=1e-9)]
     if not found:
         return []
@@ -119,8 +119,10 @@ def build_menu(
     for p in sorted(points, key=lambda q: -q.flops_ratio):
         if p.accuracy < least or p.flops_ratio > menu[-1].flops_ratio - min_step:
             continue
-        # Pareto: a cheaper point must not be more accurate than a dearer one already chosen.
-        if p.accuracy <= menu[-1].accuracy:
+        # Pareto: a cheaper point must not be more accurate than a dearer one already chosen;
+        # but the base may lie below the front (cheaper points more accurate): moving to those
+        # is better still.
+        if len(menu) == 1 or p.accuracy <= menu[-1].accuracy:
             menu.append(p)
     return menu
 

@@ -54,6 +54,12 @@ def tick(latency_s: float | None, per_s: float = 100.0, refused: int = 0) -> Sig
     return Signal(latency_s=latency_s, answered_per_s=per_s, refused=refused)
 
 
+def test_a_base_below_the_front_moves_to_cheaper_and_more_accurate_points() -> None:
+    base = Point((0.95, 0.95, 0.0), 0.80, 0.90)  # measured, dominated by every MENU point
+    menu = build_menu(MENU, base.thresholds, None, 0.01, [base])
+    assert menu == [base, *MENU]  # floor 0.79: all of MENU, the cheapest last
+
+
 def controller(moves: list[tuple[Point, str]]) -> Controller:
     config = ControllerConfig(target_s=0.010, min_interval_s=1.0, calm_ticks=3)
     c = Controller(config, MENU, lambda p, d, _: moves.append((p, d)))
