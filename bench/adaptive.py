@@ -194,7 +194,7 @@ def main() -> None:
     images = [(encode(pixels[i], s.size, s.channels, s.fmt), int(labels[i]), ctype)
               for i in range(a.images)]  # fmt: skip
     calibrated, floor = floor_point(s.model_dir)
-    logs = RESULTS / "logs"
+    logs = Path("runs/bench-adaptive-logs")  # server logs, not committed
     runs: dict[str, Any] = {}
     with running(spec(s, {}), logs, 600) as srv:
         cap = capacities(srv, images, a, floor["thresholds"])
