@@ -1,19 +1,20 @@
 """Open-loop load against elf-serve with the load controller off and on (issue 11, part 1).
 
-    python -m bench.adaptive --model bundled --target-ms 25
-    python -m bench.adaptive --model heavy --target-ms 1500
+    python -m bench.adaptive --model bundled --target-ms 25,50
+    python -m bench.adaptive --model heavy --target-ms 1000
 
 One server (controller off) first measures, closed loop with `--concurrency` clients, the
 capacity in images per second at full depth (exit=final), at the calibrated point (the default
 thresholds) and at the floor point (the cheapest point the controller may use, set by PUT), side
 by side: whether the floor gives the 2x a 2x overload needs. Then, for the controller off (the
-same server) and on (a fresh one with ELF_LATENCY_TARGET_MS), single-image requests of real
-Fashion-MNIST test images arrive at fixed rates of `--steps` (0.5x -> 2x -> 0.5x) the full-depth
-capacity, `--step-s` seconds each, whatever the answers do (open loop). Per step: goodput
-(answers 200 per second), p50/p99 latency of the 200s as the client sees it, 503 (overloaded:
-shed by the controller; queue full) and 504 rates, the accuracy actually served (labels known),
-client and server CPU, the controller's point at the end of the step. Each run replaces its
-model's entry in bench/results/adaptive.json; bench.adaptive_report writes adaptive.md.
+same server) and on (a fresh server per ELF_LATENCY_TARGET_MS in `--target-ms`), single-image
+requests of real Fashion-MNIST test images arrive at fixed rates of `--steps` (0.5x -> 2x ->
+0.5x) the full-depth capacity, `--step-s` seconds each, whatever the answers do (open loop).
+Per step: goodput (answers 200 per second), p50/p99 latency of the 200s as the client sees it,
+503 (overloaded: shed by the controller; queue full) and 504 rates, the accuracy actually served
+(labels known), client and server CPU, the controller's point at the end of the step. Each run
+replaces its model's entry in bench/results/adaptive.json; bench.adaptive_report writes
+adaptive.md.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def main() -> None:
     p.add_argument("--model", choices=["bundled", "heavy"], default="bundled")
     p.add_argument("--step-s", type=float, default=30.0)
     p.add_argument("--steps", default="0.5,2,0.5")
-    p.add_argument("--target-ms", type=float, required=True)
+    p.add_argument("--target-ms", required=True, help="comma-separated: one run per target")
     p.add_argument("--capacity-s", type=float, default=10.0)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--images", type=int, default=2000)
@@ -199,8 +200,10 @@ def main() -> None:
     with running(spec(s, {}), logs, 600) as srv:
         cap = capacities(srv, images, a, floor["thresholds"])
         runs["off"] = steps(srv, images, cap["full_depth"], a)
-    with running(spec(s, {"ELF_LATENCY_TARGET_MS": str(a.target_ms)}), logs, 600) as srv:
-        runs["on"] = steps(srv, images, cap["full_depth"], a)
+    targets = [float(t) for t in a.target_ms.split(",")]
+    for target in targets:
+        with running(spec(s, {"ELF_LATENCY_TARGET_MS": str(target)}), logs, 600) as srv:
+            runs[f"on {target:g} ms"] = steps(srv, images, cap["full_depth"], a)
     result = {
         "command": command_line(),
         "machine": facts(),
@@ -208,7 +211,7 @@ def main() -> None:
         "capacity": cap,
         "calibrated_point": calibrated,
         "floor_point": floor,
-        "target_ms": a.target_ms,
+        "target_ms": targets,
         "step_s": a.step_s,
         "runs": runs,
     }
