@@ -50,9 +50,13 @@ def feasibility(r: dict[str, Any]) -> list[str]:
         f"| {cap['floor'] / cap['full_depth']:.2f} |",
         "",
         f"2x the full-depth capacity is {need:.1f} images/s; the floor serves "
-        f"{cap['floor']:.1f} ({cap['floor'] / need:.0%} of it): at 2x at least "
-        f"{max(0.0, 1 - cap['floor'] / need):.0%} of the requests cannot be served within any "
-        "latency target.",
+        f"{cap['floor']:.1f} ({cap['floor'] / need:.0%} of it): "
+        + (
+            "the goal is within reach of the floor point."
+            if cap["floor"] >= need
+            else f"at 2x at least {1 - cap['floor'] / need:.0%} of the requests cannot be served "
+            "within any latency target."
+        ),
     ]
 
 

@@ -13,7 +13,10 @@ Every `tick_s` the controller reads one load figure, in seconds: the largest of
     before anything is answered, wherever it waits: decoding, the event loop, the batcher);
   - the batcher's queue delay (its `quantile`) of the rows answered since the last tick.
 One rule with hysteresis: over the target it moves one point cheaper; under `low` x target for
-`calm_ticks` ticks in a row it moves one point back. Bounded rate: at most one move per
+`calm_ticks` ticks in a row it moves one point back, if the dearer point would keep the batcher
+under `max_busy` of its time (its busy fraction, smoothed, scaled by the two points' FLOPs
+ratios), so that it does not step back into an overload only the cheaper point carries. Bounded
+rate: at most one move per
 `min_interval_s`. Only the defaults move: a request's own `threshold` or `exit=final` is never
 touched.
 
@@ -65,7 +68,8 @@ class ControllerConfig:
     calm_ticks: int = 8  # ... for this many ticks in a row
     quantile: float = 0.9
     min_step: float = 0.01  # FLOPs ratio between neighbouring menu points
-    smoothing: float = 0.25  # weight of the newest tick in the throughput behind the limit
+    smoothing: float = 0.25  # weight of the newest tick in the smoothed throughput and busy
+    max_busy: float = 0.8  # back only if the busy fraction x FLOPs growth stays under this
     min_limit: int = 1  # the admission limit never goes below this many requests in flight
 
 
@@ -78,6 +82,7 @@ class Signal:
     queue_delay_s: float | None = None  # batcher: queue delay of the rows answered, quantile
     answered_per_s: float = 0.0  # requests answered per second (refused ones not counted)
     refused: int = 0  # requests refused by the admission limit during the tick
+    busy: float = 0.0  # fraction of the tick the batcher spent running batches (0..1)
 
     @property
     def load_s(self) -> float:
@@ -142,6 +147,7 @@ class Controller:
     _calm: int = 0
     _quiet: int = 0  # ticks in a row under the target without a refusal
     _rate: float = 0.0  # requests answered per second, smoothed, while shedding
+    _busy: float = 0.0  # the batcher's busy fraction, smoothed
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def rebase(self, base: tuple[float, ...]) -> None:
@@ -168,6 +174,7 @@ class Controller:
         over = load > c.target_s
         self._calm = self._calm + 1 if load < c.low * c.target_s else 0
         self._quiet = self._quiet + 1 if not over and signal.refused == 0 else 0
+        self._busy += c.smoothing * (signal.busy - self._busy)
         self._admission(signal, over)
         if len(self.menu) < 2 or now - self._last_move < c.min_interval_s:
             return None
@@ -175,12 +182,20 @@ class Controller:
             self.index += 1
             reason = f"{signal.describe()} > target {_ms(c.target_s)}"
             return self._move(now, "cheaper", reason)
-        if self._calm >= c.calm_ticks and self.index > 0 and self.limit is None:
+        if self._calm >= c.calm_ticks and self.index > 0 and self.limit is None and self._fits():
             self.index -= 1
             self._calm = 0
             reason = f"{signal.describe()} < {c.low:g} x target {_ms(c.target_s)}"
             return self._move(now, "back", reason)
         return None
+
+    def _fits(self) -> bool:
+        """Would the dearer point keep the batcher under max_busy at today's load? Its compute
+        grows with the FLOPs ratio; without this, a back move under a load only the cheaper
+        point can carry brings the overload back (and the controller oscillates)."""
+        here, dearer = self.menu[self.index], self.menu[self.index - 1]
+        grow = dearer.flops_ratio / max(here.flops_ratio, 1e-9)
+        return self._busy * grow <= self.config.max_busy
 
     def _admission(self, signal: Signal, over: bool) -> None:
         """Shed load only at the cheapest point: admit what the throughput answers within
@@ -216,21 +231,29 @@ def _ms(seconds: float | None) -> str:
 
 
 class DelayWindow:
-    """Queue delays of answered rows since the last `take` (written by the batcher's thread)."""
+    """Queue delays of answered rows and seconds spent running batches since the last `take`
+    (written by the batcher's thread)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: list[float] = []
+        self._busy = 0.0
 
     def observe(self, queue_s: float) -> None:
         with self._lock:
             self._values.append(queue_s)
 
-    def take(self, quantile: float) -> tuple[float | None, int]:
-        """(quantile of the delays or None, how many) and start a new window."""
+    def busy(self, seconds: float) -> None:
+        with self._lock:
+            self._busy += seconds
+
+    def take(self, quantile: float) -> tuple[float | None, int, float]:
+        """(quantile of the delays or None, how many, busy seconds); starts a new window."""
         with self._lock:
             values, self._values = self._values, []
-        return (float(np.quantile(values, quantile)) if values else None), len(values)
+            busy, self._busy = self._busy, 0.0
+        q = float(np.quantile(values, quantile)) if values else None
+        return q, len(values), busy
 
 
 class ControllerThread:
@@ -259,11 +282,11 @@ class ControllerThread:
     def tick(self) -> str | None:
         now = self.clock()
         q = self.controller.config.quantile
-        delay, _ = self.window.take(q)
+        delay, _, busy_s = self.window.take(q)
         latency, answered, refused, oldest, in_flight = self.requests.take(self.key, q)
-        rate = answered / max(now - self._last, 1e-6)
+        elapsed = max(now - self._last, 1e-6)
         self._last = now
-        signal = Signal(latency, oldest, delay, rate, refused)
+        signal = Signal(latency, oldest, delay, answered / elapsed, refused, busy_s / elapsed)
         with self.controller.lock:
             move = self.controller.step(now, signal)
             self.requests.set_limit(self.key, self.controller.limit)

@@ -179,6 +179,24 @@ def test_the_request_monitor_times_requests_and_refuses_beyond_the_limit() -> No
     assert (latency, answered, refused) == (pytest.approx(0.028), 2, 1)  # q90 of 10, 30 ms
 
 
+def test_no_step_back_into_an_overload_only_the_cheaper_point_carries() -> None:
+    moves: list[tuple[Point, str]] = []
+    c = controller(moves)  # MENU FLOPs 0.80 -> 0.70 -> 0.60
+    overload = Signal(latency_s=0.050, answered_per_s=100.0, busy=1.0)
+    for t in (0.0, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5):
+        c.step(t, overload)
+    assert c.index == 2 and c.limit is not None
+    c.limit = None  # (shedding is another test's subject)
+    # Calm, but the batcher is busy 75% of the time at FLOPs 0.60: 0.70 would need 87.5%.
+    calm = Signal(latency_s=0.001, answered_per_s=100.0, busy=0.75)
+    assert all(c.step(10.0 + i, calm) is None for i in range(40))
+    assert c.index == 2
+    # The load falls (busy 40%): back to 0.70 (47%), then to 0.80 (busy there ~0.47 x 8/7).
+    quiet = Signal(latency_s=0.001, answered_per_s=50.0, busy=0.40)
+    got = [c.step(60.0 + i, quiet) for i in range(30)]
+    assert got.count("back") == 2 and c.index == 0
+
+
 def test_explicit_floor_and_an_unknown_base() -> None:
     c = Controller(ControllerConfig(target_s=0.01, min_accuracy=0.80), MENU, lambda *_: None)
     c.rebase(MENU[0].thresholds)
@@ -244,7 +262,7 @@ def test_the_thread_measures_the_window_on_its_clock() -> None:
     now[0] = 11.0
     assert ticker.tick() == "cheaper"
     now[0] = 12.5
-    assert ticker.tick() is None and window.take(0.9) == (None, 0)  # empty window: no move
+    assert ticker.tick() is None and window.take(0.9) == (None, 0, 0.0)  # empty: no move
     # A request admitted and not answered: its age alone is the overload signal.
     token = requests.admit()
     assert token is not None
