@@ -32,7 +32,12 @@ import torch
 import torch.nn.functional as F
 
 from bench.images import encode, fashion_mnist
-from elf_core.calibration import evaluate_thresholds, final_exit_only
+from elf_core.calibration import (
+    evaluate_thresholds,
+    final_exit_only,
+    pareto_front,
+    threshold_curve,
+)
 from elf_core.exits import softmax
 from elf_core.flops import cumulative_flops_ratio
 from elf_core.manifest import Calibration, Preprocessing, Provenance, load_manifest
@@ -43,7 +48,7 @@ from model_export.export import (
     ModelCard,
     export_model,
 )
-from model_export.report import manifest_point
+from model_export.report import CURVE_FILE, manifest_point, point_dict
 from model_export.runtime import StageChain
 from server.preprocess import decode_image
 from training.networks import ExitHead, ModelConfig, MultiExitNet, build_model
@@ -170,6 +175,7 @@ def exit_mix_calibration(cfg: BenchModelConfig) -> CalibrationStep:
         point = manifest_point(evaluate_thresholds(probs, y_cal, ratio, thresholds))
         final = manifest_point(final_exit_only(probs, y_cal, ratio))
         last = cfg.fit_images + cfg.calib_images - 1
+        write_menu(model_dir, probs, y_cal, ratio, thresholds)
         calibration = Calibration(
             split=f"fashion-mnist train images {cfg.fit_images}..{last}",
             metric=f"exit mix {list(cfg.exit_mix)} (quantile thresholds, not an accuracy target)",
@@ -177,7 +183,7 @@ def exit_mix_calibration(cfg: BenchModelConfig) -> CalibrationStep:
             best=final,
             chosen=point,
             final_exit_only=final,
-            curve_file=None,
+            curve_file=CURVE_FILE,
         )
         log.info(
             "exit rates %s, accuracy %.3f (final exit alone %.3f), FLOPs ratio %.3f",
@@ -189,6 +195,27 @@ def exit_mix_calibration(cfg: BenchModelConfig) -> CalibrationStep:
         return Calibrated(thresholds, calibration)
 
     return step
+
+
+def write_menu(
+    model_dir: Path,
+    probs: list[np.ndarray],
+    labels: np.ndarray,
+    ratio: Sequence[float],
+    thresholds: Sequence[float],
+) -> None:
+    """calibration.json with the threshold curve on the calibration images (the load
+    controller's menu, server/batching/controller.py); `chosen` is the exit-mix point."""
+    chosen = evaluate_thresholds(probs, labels, ratio, thresholds)
+    curve = sorted([*threshold_curve(probs, labels, ratio), chosen], key=lambda p: p.flops_ratio)
+    data = {
+        "split": "calibration images (fashion-mnist train), exit-mix thresholds",
+        "metric": "balanced_accuracy",
+        "chosen": point_dict(chosen),
+        "pareto": [point_dict(p) for p in pareto_front(curve)],
+        "curve": [point_dict(p) for p in curve],
+    }
+    (model_dir / CURVE_FILE).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
 def build(cfg: BenchModelConfig) -> Path:
@@ -231,7 +258,8 @@ def build(cfg: BenchModelConfig) -> Path:
 def ensure(cfg: BenchModelConfig) -> Path:
     """The model directory for cfg, built only when missing or built with another config."""
     marker = cfg.out / CONFIG_FILE
-    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == cfg.key():
+    fresh = marker.is_file() and (cfg.out / CURVE_FILE).is_file()  # older builds: no curve
+    if fresh and json.loads(marker.read_text(encoding="utf-8")) == cfg.key():
         load_manifest(cfg.out)
         return cfg.out
     log.info("building benchmark model %s (a few minutes; cached afterwards)", cfg.out)

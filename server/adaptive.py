@@ -10,6 +10,7 @@ from server.batching.controller import (
     ControllerThread,
     DelayWindow,
     Point,
+    RequestMonitor,
     curve_points,
 )
 from server.metrics import Metrics
@@ -19,9 +20,12 @@ from server.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def start_controller(model: ServedModel, settings: Settings, metrics: Metrics) -> None:
-    """With ELF_LATENCY_TARGET_MS set: a controller thread moving `model`'s default thresholds."""
-    if settings.latency_target_ms is None:
+def start_controller(
+    model: ServedModel, settings: Settings, metrics: Metrics, requests: RequestMonitor | None
+) -> None:
+    """With ELF_LATENCY_TARGET_MS set: a controller thread moving `model`'s default thresholds
+    and, at the floor, setting the admission limit of `requests` (server/api/load.py)."""
+    if settings.latency_target_ms is None or requests is None:
         return
     config = ControllerConfig(
         target_s=settings.latency_target_ms / 1000.0, min_accuracy=settings.min_accuracy
@@ -48,7 +52,15 @@ def start_controller(model: ServedModel, settings: Settings, metrics: Metrics) -
         metrics.child(metrics.point_moves, model.name, direction)
     window = DelayWindow()
     model.batcher.delays = window
-    model.controller = ControllerThread(controller, window, lambda: model.batcher.admitted)
+
+    def on_tick(in_flight: int) -> None:
+        metrics.requests_in_flight.set(in_flight)
+        limit = controller.limit
+        metrics.child(metrics.admission_limit, model.name).set(0 if limit is None else limit)
+
+    model.controller = ControllerThread(
+        controller, window, requests, key=model.name, on_tick=on_tick
+    )
     rebase(model, metrics)
     model.controller.start()
     menu = controller.menu

@@ -13,8 +13,10 @@ from starlette.concurrency import run_in_threadpool
 from server.adaptive import start_controller
 from server.api import admin, v1, v2
 from server.api.errors import install_error_handlers
+from server.api.load import AdmissionMiddleware
 from server.api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from server.api.openapi import install_openapi
+from server.inflight import RequestMonitor
 from server.metrics import Metrics
 from server.registry import load_models
 from server.settings import Settings
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else Settings()
     state = AppState(settings=settings, metrics=Metrics())
+    # The load controller's end-to-end view of the inference requests (ELF_LATENCY_TARGET_MS).
+    requests = RequestMonitor() if settings.latency_target_ms is not None else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -36,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.store = ThresholdStore(settings.state_dir)
             follow_overrides(state.store, state.registry, state.metrics)
         for model in state.registry.models.values():
-            start_controller(model, settings, state.metrics)
+            start_controller(model, settings, state.metrics, requests)
         state.ready = True
         try:
             yield
@@ -67,6 +71,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
     )
+    if requests is not None:
+        app.add_middleware(
+            AdmissionMiddleware,
+            requests=requests,
+            metrics=state.metrics,
+            retry_after_s=settings.retry_after_s,
+        )
     # Added last, so outermost: it times and counts every response.
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     return app

@@ -11,6 +11,7 @@ histograms are summed over the workers (live and exited); each gauge states its 
   elf_model_info         livemax  1 while any live worker serves the model
   elf_audit_expected_agreement  livemax  a property of the model directory, the same everywhere
   elf_operating_point_*  liveall  one series per live worker (each runs its own controller)
+  elf_requests_in_flight livesum  inference requests in flight in all live workers together
 """
 
 from __future__ import annotations
@@ -217,6 +218,20 @@ class Metrics:
             ["model"],
             registry=r,
             multiprocess_mode="liveall",
+        )
+        self.admission_limit = Gauge(
+            "elf_operating_point_admission_limit",
+            "Inference requests admitted in flight while the controller sheds load at its "
+            "cheapest point (beyond: 503, reason overloaded); 0 = no limit",
+            ["model"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.requests_in_flight = Gauge(
+            "elf_requests_in_flight",
+            "Inference requests admitted and not yet answered (sampled by the load controller)",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.point_moves = Counter(
             "elf_operating_point_moves",

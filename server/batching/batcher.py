@@ -319,6 +319,8 @@ class Batcher:
             m.child(m.queue_depth, self.model).set(sum(self._queued))
 
     def _observe(self, k: int, batch: int, seconds: float) -> None:
+        if self.delays is not None:
+            self.delays.busy(seconds)  # the load controller's utilisation
         m = self.metrics
         if m is not None:
             stage = str(k)
