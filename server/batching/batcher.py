@@ -44,6 +44,7 @@ from server.batching.rows import (
     StageExecutor,
     resolve,
 )
+from server.batching.scheduling import Policy, QueueView, Scheduler
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,10 @@ class Batcher:
         model: str = "model",
         metrics: Metrics | None = None,
         audit: Auditor | None = None,
+        scheduling: Policy = "deepest-first",
     ) -> None:
         self.executor = executor
+        self.scheduler = Scheduler(scheduling, max_batch_size, max_queue_delay_s)
         self.audit = audit
         self.delays: DelayWindow | None = None  # the load controller's input, when it runs
         self.num_stages = executor.num_stages
@@ -173,22 +176,23 @@ class Batcher:
                     self._cond.wait(self._wait_time(time.perf_counter()))
                     k = self._ready_stage(time.perf_counter())
                 rows: list[Row] = []
-                parts: list[tuple[Any, np.ndarray]] = []
+                parts: list[Part] = []
                 if k is not None:
                     rows, parts = self._take(k)
-                self._busy = bool(rows)
+                self._busy = bool(rows or parts)
                 # An eager burst larger than one batch stays eager until queue 0 is drained.
                 self._eager = self._eager and bool(self._queues[0])
                 self._set_depth()
             if audit_k is not None and self.audit is not None:
                 self.audit.run(audit_k, self.executor, time.perf_counter())
                 continue
-            if k is None or not rows:
+            if k is None or not (rows or parts):
                 continue
             try:
                 self._run(k, rows, parts)
             except Exception as exc:  # a bug here must not kill the worker or hang requests
                 log.exception("batcher %s: internal error at stage %d", self.model, k)
+                rows = rows or [r for p in parts for r in p.rows]
                 self._deliver([(r, exc) for r in rows if not r.answered])
 
     def _audit_stage(self) -> int | None:
@@ -197,31 +201,28 @@ class Batcher:
             return None
         return self.audit.ready_stage(time.perf_counter())
 
+    def _views(self) -> list[QueueView]:
+        views = []
+        for k, q in enumerate(self._queues):
+            if q:
+                head = q[0]
+                views.append(QueueView(k, self._queued[k], head.enqueued_at, head.arrived_at))
+        return views
+
     def _ready_stage(self, now: float) -> int | None:
-        for k in reversed(range(self.num_stages)):
-            q = self._queues[k]
-            if not q:
-                continue
-            if (
-                self._closing
-                or (k == 0 and self._eager)
-                or self._queued[k] >= self.max_batch_size
-                or now - q[0].enqueued_at >= self.delay
-                or (k > 0 and not any(self._queued[:k]))
-            ):
-                return k
-        return None
+        return self.scheduler.pick(self._views(), now, closing=self._closing, eager=self._eager)
 
     def _wait_time(self, now: float) -> float | None:
-        heads = [q[0].enqueued_at for q in self._queues if q]
-        return max(0.0, min(heads) + self.delay - now) if heads else None
+        return self.scheduler.wait_s(self._views(), now)
 
-    def _take(self, k: int) -> tuple[list[Row], list[tuple[Any, np.ndarray]]]:
-        """Pop up to max_batch_size live rows from queue k (splitting a part if needed)."""
+    def _take(self, k: int) -> tuple[list[Row], list[Part]]:
+        """Pop up to max_batch_size live rows from queue k (splitting a part if needed).
+        Stage 0 returns rows; deeper stages return parts (their rows ride along)."""
         q = self._queues[k]
         rows: list[Row] = []
-        parts: list[tuple[Any, np.ndarray]] = []
-        while q and len(rows) < self.max_batch_size:
+        parts: list[Part] = []
+        taken = 0
+        while q and taken < self.max_batch_size:
             if k == 0:
                 row = q.popleft()
                 self._queued[0] -= 1
@@ -229,65 +230,86 @@ class Batcher:
                     self._admitted -= 1
                 else:
                     rows.append(row)
+                    taken += 1
                 continue
             part: Part = q[0]
-            room = self.max_batch_size - len(rows)
-            take, rest = part.index[:room], part.index[room:]
-            taken_rows, part.rows = part.rows[:room], part.rows[room:]
-            part.index = rest
-            if rest.size == 0:
+            head = part.split(self.max_batch_size - taken)
+            if part.index.size == 0:
                 q.popleft()
-            self._queued[k] -= take.size
-            live = [i for i, r in enumerate(taken_rows) if not r.cancelled]
-            self._admitted -= take.size - len(live)
+            self._queued[k] -= head.index.size
+            live = [i for i, r in enumerate(head.rows) if not r.cancelled]
+            self._admitted -= head.index.size - len(live)
             if live:
-                parts.append((part.handle, take[live]))
-                rows.extend(taken_rows[i] for i in live)
+                parts.append(head if len(live) == head.index.size else head.select(live))
+                taken += len(live)
         return rows, parts
 
-    def _run(self, k: int, rows: list[Row], parts: list[tuple[Any, np.ndarray]]) -> None:
-        t0 = time.perf_counter()
+    def _first_part(self, rows: list[Row], t0: float) -> Part:
+        """Stage 0's rows as one part: the batch on the device and the rows' bookkeeping."""
+        x = np.stack([r.x for r in rows])  # type: ignore[misc]  # [b, C, H, W]
         for r in rows:
-            r.queue_s += t0 - r.enqueued_at
+            r.x = None  # the batch holds the pixels now
+        n = len(rows)
+        arrived = np.fromiter((r.enqueued_at for r in rows), np.float64, n)
+        return Part(
+            self.executor.to_device(x),
+            np.arange(n),
+            rows,
+            np.stack([r.thresholds for r in rows]),
+            arrived,
+            t0 - arrived,
+            np.zeros(n),
+        )
+
+    def _batch(self, k: int, rows: list[Row], parts: list[Part], t0: float) -> tuple[Any, Part]:
+        """The stage-k input on the device and one part of bookkeeping for its rows."""
+        if k == 0:
+            first = self._first_part(rows, t0)
+            return first.handle, first
+        x = self.executor.merge([(p.handle, p.index) for p in parts])
+        joined = Part(
+            x,
+            np.arange(sum(p.index.size for p in parts)),
+            [r for p in parts for r in p.rows],
+            np.concatenate([p.thresholds for p in parts]),
+            np.concatenate([p.arrived for p in parts]),
+            np.concatenate([p.queue_s + (t0 - p.enqueued_at) for p in parts]),
+            np.concatenate([p.compute_s for p in parts]),
+        )
+        return x, joined
+
+    def _run(self, k: int, rows: list[Row], parts: list[Part]) -> None:
+        t0 = time.perf_counter()
         try:
-            if k == 0:
-                x = self.executor.to_device(np.stack([r.x for r in rows]))  # type: ignore[misc]
-                for r in rows:
-                    r.x = None
-            else:
-                x = self.executor.merge(parts)
+            x, batch = self._batch(k, rows, parts, t0)
+            rows = batch.rows
             features, logits = self.executor.run(k, x)
         except Exception as exc:
             log.exception("batcher %s: stage %d failed on %d rows", self.model, k, len(rows))
+            rows = rows or [r for p in parts for r in p.rows]
             self._deliver([(r, exc) for r in rows])
             return
         t1 = time.perf_counter()
-        for r in rows:
-            r.compute_s += t1 - t0
-        probs = softmax(logits)
+        batch.compute_s += t1 - t0
+        probs = softmax(logits)  # [b, C]
         last = k == self.num_stages - 1
-        thr = np.array([r.thresholds[k] for r in rows])
-        exits = leaves(probs, thr, last=last)
+        exits = leaves(probs, batch.thresholds[:, k], last=last)
         # Survivors are queued before the answers go out, so that a client answered here and
         # resubmitting at once finds the batcher's true state (see _deliver).
         if self.audit is not None and not last:
             self.audit.select(k, features, np.flatnonzero(exits), probs.argmax(axis=1), t1)
         keep = np.flatnonzero(~exits)
         if keep.size:
-            kept = [rows[i] for i in keep]
-            for r in kept:
-                r.enqueued_at = t1
+            batch.handle = features
+            survivors = batch.select(keep)
+            survivors.enqueued_at = t1
             with self._cond:
-                self._queues[k + 1].append(Part(features, keep.astype(np.int64), kept, t1))
+                self._queues[k + 1].append(survivors)
                 self._queued[k + 1] += keep.size
                 self._set_depth()
-        self._deliver(
-            [
-                (r, RowResult(k, probs[i], r.queue_s, r.compute_s))
-                for i, r in enumerate(rows)
-                if exits[i]
-            ]
-        )
+        done = np.flatnonzero(exits)
+        q_s, c_s = batch.queue_s.tolist(), batch.compute_s.tolist()
+        self._deliver([(rows[i], RowResult(k, probs[i], q_s[i], c_s[i])) for i in done.tolist()])
         self._observe(k, len(rows), t1 - t0)
 
     def _deliver(self, answers: list[tuple[Row, RowResult | BaseException]]) -> None:
