@@ -99,10 +99,12 @@ def batch_sizes(case: Case, run: Any) -> tuple[Any, list[float]]:
     return out, [round(float(np.mean(s)), 2) if s else 0.0 for s in sizes]
 
 
-def measure_policy(case: Case, reps: int, concurrency: int, requests: int) -> dict[str, Any]:
-    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in POLICIES}
+def measure_policy(
+    case: Case, reps: int, concurrency: int, requests: int, policies: list[Policy]
+) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
     for rep in range(reps):
-        for p in POLICIES[rep % 2 :] + POLICIES[: rep % 2]:
+        for p in policies[rep % 2 :] + policies[: rep % 2]:
             batcher = new_batcher(case, p, 32, 4 * concurrency)
             try:
                 coro = _closed_loop(batcher, case, case.thresholds, concurrency, requests)
@@ -216,6 +218,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=["bundled"], choices=["bundled", "heavy"])
     p.add_argument("--what", nargs="+", default=["policy"], choices=["policy", "exit-mix", "batch"])
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--requests", type=int, default=None, help="bundled 4096, heavy 384")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
@@ -238,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         for what in args.what:
             t0 = time.monotonic()
             if what == "policy":
-                res = measure_policy(case, args.reps, args.concurrency, requests)
+                res = measure_policy(case, args.reps, args.concurrency, requests, args.policies)
             elif what == "exit-mix":
                 res = measure_exit_mix(case, args.reps)
             else:
