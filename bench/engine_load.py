@@ -114,11 +114,11 @@ def measure_policy(
             runs[p].append(out | {"batch_per_stage": sizes})
             log.info("%s %s rep %d: %s", case.key, p, rep, {k: out[k] for k in list(out)[:3]})
     rows = []
-    for p, rs in runs.items():
+    for name, rs in runs.items():
         med = {k: statistics.median(r[k] for r in rs) for k in ("images_per_s", "p50_ms", "p99_ms")}
         rows.append(
             {
-                "policy": p,
+                "policy": name,
                 **{k: round(v, 3) for k, v in med.items()},
                 "p99_over_p50": round(med["p99_ms"] / med["p50_ms"], 3),
                 "p99_over_p50_all": [round(r["p99_ms"] / r["p50_ms"], 3) for r in rs],
