@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> None:
         }
         for name, runs in got.items()
     }
-    result: dict[str, Any] = {"command": " ".join(["python -m bench.engine_ab", *(argv or sys.argv[1:])])}
+    result: dict[str, Any] = {
+        "command": " ".join(["python -m bench.engine_ab", *(argv or sys.argv[1:])])
+    }
     result |= {"rounds": args.rounds, "reps": args.reps, "summary": summary, "runs": got}
     args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     log.info("%s", json.dumps(summary, indent=1))
