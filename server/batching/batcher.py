@@ -1,21 +1,21 @@
 """Dynamic batching with early exit and compaction, on one worker thread per model.
 
-Policy (the "deepest ready stage first" rule). Every stage k has a FIFO queue: stage 0 holds new
-images, stage k >= 1 holds *parts* (a features tensor still on the device plus the indices of the
-rows that did not exit). A queue is ready when it holds a full batch (max_batch_size rows), when
-its oldest row has waited max_queue_delay_ms, when nothing shallower is queued that could still
-feed it (k >= 1), or when the batcher is stopping. Stage 0 is also ready at once when its rows
-came to an idle worker with every queue empty ("eager"): waiting could not fill that batch, as
-nothing else is in flight, so a lone request never pays the delay. Rows that arrive while the
-worker runs a batch wait as before, so under load batches form behind the running one. The
-worker always runs the deepest ready queue, so rows that continue from several batches pile up
-and are merged into full batches at later stages, and work already paid for leaves the system
-first. After every stage the rows whose softmax maximum reaches their own threshold (the exit
-rule of elf_core.exits) are answered
-at once (their futures are resolved on their event loop) and dropped; the rest go to the next
-queue. Inference never runs on an event loop; ONNX Runtime parallelises inside each run.
-With an Auditor (ELF_AUDIT_RATE > 0), a sample of early answers continues to the final exit
-when every request queue is empty (server/batching/audit.py).
+Every stage k has a FIFO queue: stage 0 holds new images, stage k >= 1 holds *parts* (a features
+tensor still on the device, the indices of its rows that did not exit, and those rows'
+thresholds, arrival times and timings as arrays). Which ready queue runs next is the
+scheduling policy (ELF_SCHEDULING, server/batching/scheduling.py): deepest-first (work already
+paid for leaves first) or age-aware (oldest request first). A queue is ready when it holds a
+full batch, when its head has waited max_queue_delay_ms, when nothing shallower is queued that
+could still feed it (k >= 1), or when the batcher is stopping. Stage 0 is also ready at once when
+its rows came to an idle worker with every queue empty ("eager"): waiting could not fill that
+batch, as nothing else is in flight, so a lone request never pays the delay. Rows that arrive
+while the worker runs a batch wait as before, so under load batches form behind the running one;
+rows that continue from several batches are merged into full batches at later stages. After
+every stage the rows whose softmax maximum reaches their own threshold (the exit rule of
+elf_core.exits) are answered at once (their futures are resolved on their event loop) and
+dropped; the rest go to the next queue. Inference never runs on an event loop; ONNX Runtime
+parallelises inside each run. With an Auditor (ELF_AUDIT_RATE > 0), a sample of early answers
+continues to the final exit when every request queue is empty (server/batching/audit.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -89,6 +90,7 @@ class Batcher:
         self._admitted = 0  # rows accepted and not yet answered
         self._busy = False  # the worker holds a batch (from _take until it looks for the next)
         self._eager = False  # queue 0 began with rows that came to an idle, empty batcher
+        self._answered_at = -math.inf  # when answers last went out
         self._closing = False
         self._thread: threading.Thread | None = None
 
@@ -210,10 +212,16 @@ class Batcher:
         return views
 
     def _ready_stage(self, now: float) -> int | None:
-        return self.scheduler.pick(self._views(), now, closing=self._closing, eager=self._eager)
+        return self.scheduler.pick(
+            self._views(),
+            now,
+            closing=self._closing,
+            eager=self._eager,
+            answered_at=self._answered_at,
+        )
 
     def _wait_time(self, now: float) -> float | None:
-        return self.scheduler.wait_s(self._views(), now)
+        return self.scheduler.wait_s(self._views(), now, self._answered_at)
 
     def _take(self, k: int) -> tuple[list[Row], list[Part]]:
         """Pop up to max_batch_size live rows from queue k (splitting a part if needed).
@@ -244,46 +252,22 @@ class Batcher:
                 taken += len(live)
         return rows, parts
 
-    def _first_part(self, rows: list[Row], t0: float) -> Part:
-        """Stage 0's rows as one part: the batch on the device and the rows' bookkeeping."""
-        x = np.stack([r.x for r in rows])  # type: ignore[misc]  # [b, C, H, W]
-        for r in rows:
-            r.x = None  # the batch holds the pixels now
-        n = len(rows)
-        arrived = np.fromiter((r.enqueued_at for r in rows), np.float64, n)
-        return Part(
-            self.executor.to_device(x),
-            np.arange(n),
-            rows,
-            np.stack([r.thresholds for r in rows]),
-            arrived,
-            t0 - arrived,
-            np.zeros(n),
-        )
-
-    def _batch(self, k: int, rows: list[Row], parts: list[Part], t0: float) -> tuple[Any, Part]:
-        """The stage-k input on the device and one part of bookkeeping for its rows."""
+    def _batch(self, k: int, rows: list[Row], parts: list[Part], t0: float) -> Part:
+        """Stage k's input on the device (the part's handle) with its rows' bookkeeping."""
         if k == 0:
-            first = self._first_part(rows, t0)
-            return first.handle, first
+            x = np.stack([r.x for r in rows])  # type: ignore[misc]  # [b, C, H, W]
+            for r in rows:
+                r.x = None  # the batch holds the pixels now
+            return Part.first(self.executor.to_device(x), rows, t0)
         x = self.executor.merge([(p.handle, p.index) for p in parts])
-        joined = Part(
-            x,
-            np.arange(sum(p.index.size for p in parts)),
-            [r for p in parts for r in p.rows],
-            np.concatenate([p.thresholds for p in parts]),
-            np.concatenate([p.arrived for p in parts]),
-            np.concatenate([p.queue_s + (t0 - p.enqueued_at) for p in parts]),
-            np.concatenate([p.compute_s for p in parts]),
-        )
-        return x, joined
+        return Part.join(x, parts, t0)
 
     def _run(self, k: int, rows: list[Row], parts: list[Part]) -> None:
         t0 = time.perf_counter()
         try:
-            x, batch = self._batch(k, rows, parts, t0)
+            batch = self._batch(k, rows, parts, t0)
             rows = batch.rows
-            features, logits = self.executor.run(k, x)
+            features, logits = self.executor.run(k, batch.handle)
         except Exception as exc:
             log.exception("batcher %s: stage %d failed on %d rows", self.model, k, len(rows))
             rows = rows or [r for p in parts for r in p.rows]
@@ -327,6 +311,8 @@ class Batcher:
                     self.delays.observe(value.queue_s)
         with self._cond:  # before the answers are visible: a client may resubmit at once
             self._admitted -= len(answers)
+            if answers:
+                self._answered_at = time.perf_counter()
             # The batch's compute is over: a row submitted from here on meets an idle worker
             # (eager when nothing is queued), not one that looks busy until it loops back.
             self._busy = False

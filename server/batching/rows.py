@@ -77,6 +77,28 @@ class Part:
     def arrived_at(self) -> float:
         return float(self.arrived.min()) if self.arrived.size else self.enqueued_at
 
+    @classmethod
+    def first(cls, handle: Any, rows: list[Row], now: float) -> Part:
+        """Stage 0's batch: `handle` holds the rows' images in order; they waited since arrival."""
+        n = len(rows)
+        arrived = np.fromiter((r.enqueued_at for r in rows), np.float64, n)
+        thresholds = np.stack([r.thresholds for r in rows])
+        return cls(handle, np.arange(n), rows, thresholds, arrived, now - arrived, np.zeros(n))
+
+    @classmethod
+    def join(cls, handle: Any, parts: Sequence[Part], now: float) -> Part:
+        """Stage k's batch: `handle` is the parts' rows merged in order; each waited since its
+        part entered the queue."""
+        return cls(
+            handle,
+            np.arange(sum(p.index.size for p in parts)),
+            [r for p in parts for r in p.rows],
+            np.concatenate([p.thresholds for p in parts]),
+            np.concatenate([p.arrived for p in parts]),
+            np.concatenate([p.queue_s + (now - p.enqueued_at) for p in parts]),
+            np.concatenate([p.compute_s for p in parts]),
+        )
+
     def split(self, n: int) -> Part:
         """Remove the first n rows from self and return them as a part of their own."""
         head = Part(

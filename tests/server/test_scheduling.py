@@ -115,3 +115,17 @@ def test_the_setting_names_the_policy_and_refuses_others() -> None:
     assert Settings(scheduling="age-aware").scheduling == "age-aware"
     with pytest.raises(ValidationError):
         Settings(scheduling="shortest-first")  # type: ignore[arg-type]
+
+
+def test_age_aware_holds_a_short_stage_0_batch_one_delay_after_answers_went_out() -> None:
+    # Stage 0's rows arrived long ago, but answers went out just now: the clients answered are
+    # about to send again, so a batch short of full waits for them (at most one delay).
+    queues = [QueueView(0, 5, 0.0, 0.0)]
+    r = rule("age-aware")
+    assert r.pick(queues, 1.0, closing=False, eager=False, answered_at=1.0) is None
+    assert r.wait_s(queues, 1.0, answered_at=1.0) == pytest.approx(DELAY)
+    assert r.pick(queues, 1.0 + DELAY, closing=False, eager=False, answered_at=1.0) == 0
+    full = [QueueView(0, 8, 0.0, 0.0)]
+    assert r.pick(full, 1.0, closing=False, eager=False, answered_at=1.0) == 0
+    deepest = rule("deepest-first")
+    assert deepest.pick(queues, 1.0, closing=False, eager=False, answered_at=1.0) == 0
