@@ -159,7 +159,7 @@ def _env(df: Dockerfile) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     ("name", "extra", "providers"),
-    [("Dockerfile", "cpu", "cpu"), ("Dockerfile.gpu", "gpu", "cuda")],
+    [("Dockerfile", "cpu", "cpu"), ("Dockerfile.gpu", "gpu-system", "cuda")],
 )
 def test_runtime_image_has_no_torch_or_training_code(name: str, extra: str, providers: str) -> None:
     df = _read(name)
@@ -174,7 +174,7 @@ def test_runtime_image_has_no_torch_or_training_code(name: str, extra: str, prov
     extras = {
         e
         for line in installs
-        for group in re.findall(r"\.\[([a-z,]+)\]", line)
+        for group in re.findall(r"\.\[([a-z,-]+)\]", line)
         for e in group.split(",")
     }
     assert extras == {extra}
