@@ -45,7 +45,6 @@ from model_export.export import (
 )
 from model_export.report import manifest_point
 from model_export.runtime import StageChain
-from model_export.verify import FlopsReport
 from server.preprocess import decode_image
 from training.networks import ExitHead, ModelConfig, MultiExitNet, build_model
 
@@ -159,13 +158,15 @@ def exit_mix_calibration(cfg: BenchModelConfig) -> CalibrationStep:
     """export_model's calibration step: quantile thresholds for cfg.exit_mix on the calibration
     images, scored with elf_core's exit rule (no accuracy target, no validation split)."""
 
-    def step(stage_paths: Sequence[Path], flops: FlopsReport, model_dir: Path) -> Calibrated:
+    def step(
+        stage_paths: Sequence[Path], per_stage: Sequence[tuple[int, int]], model_dir: Path
+    ) -> Calibrated:
         x_cal, y_cal = inputs(cfg, cfg.fit_images, cfg.calib_images)
         runner = StageChain(stage_paths)
         chunks = [runner(x_cal[i : i + 32]) for i in range(0, len(x_cal), 32)]
         probs = [softmax(np.concatenate(z)) for z in zip(*chunks, strict=True)]
         thresholds = mix_thresholds([p.max(axis=1) for p in probs], cfg.exit_mix)
-        ratio = cumulative_flops_ratio(flops.per_stage)
+        ratio = cumulative_flops_ratio(per_stage)
         point = manifest_point(evaluate_thresholds(probs, y_cal, ratio, thresholds))
         final = manifest_point(final_exit_only(probs, y_cal, ratio))
         last = cfg.fit_images + cfg.calib_images - 1

@@ -1,21 +1,34 @@
-"""Serving benchmark over HTTP: this server with and without exits against two baselines.
+"""Serving benchmark over HTTP: this server against the servers a user would pick instead.
 
 Load generator: wrk (its own process, C, one connection per thread; its CPU use is reported)
 posting real Fashion-MNIST test images in a closed loop at each concurrency; every answer's
 class_index is checked against the image's label by the Lua script. Targets, each server alone
-(start, wait until ready, warm up, measure, stop), one uvicorn worker each:
+(start, wait until ready, warm up, measure, stop):
 
-  (a) elf-exits  elf-serve, raw image/* body to /v1/classify (early exits at the manifest's
-                 thresholds)
-  (b) elf-final  the same server process, /v1/classify?exit=final (every stage, no early exit)
-  (c) litserve   LitServe serving full.onnx with its batching (multipart body)
-  (d) fastapi    a plain FastAPI `def` endpoint running full.onnx per request (raw body)
+  elf-exits          elf-serve, raw image/* body to /v1/classify (early exits at the manifest's
+                     thresholds), one uvicorn worker
+  elf-final          the same server process, /v1/classify?exit=final (every stage)
+  elf-exits-2w       elf-serve with --workers 2 (prometheus multiprocess mode)
+  elf-exits-compare  elf-serve from another source tree (--compare-src DIR, e.g.
+                     `git archive <commit> | tar -x -C DIR`): before/after numbers in one run
+  litserve           LitServe serving full.onnx with its batching (multipart body)
+  fastapi            a plain FastAPI `def` endpoint running full.onnx per request (raw body)
+  kserve             KServe 0.21's Python model server, full.onnx, batching (raw body)
+  ray                Ray Serve 2.60, full.onnx, @serve.batch (raw body)
+
+KServe and Ray Serve run in venvs of their own, made on first use by bench/peers.py under
+runs/bench-venvs/ from the pinned bench/baselines/requirements/*.lock (minutes, once). The
+batching peers log the batch sizes they ran; each row reports them, and a batching peer whose
+batches stay at ~1 under 8+ concurrent requests is flagged. The in-process limit (full.onnx at
+batch 32 in this process, with the server's session settings) is measured first in the same
+run; the report divides it by the exit mix's FLOPs ratio and states elf-serve's share of it.
 
 Models: the bundled model (default models/fashion-mnist-lt; `--stand-in` builds a resnet32
 stand-in when it is missing) and the resnet50-style network at 224 px (bench.heavy_model).
 
-    python -m bench.http            # the real run (~7 min): bench/results/serving.{md,json,png}
-    python -m bench.http --quick    # a smoke test (~1.5 min) into runs/bench-quick/
+    python -m bench.http --models bundled --targets elf-exits fastapi litserve kserve ray \
+        --name http-bundled           # bench/results/http-bundled.{md,json,png}
+    python -m bench.http --quick      # a smoke test into runs/bench-quick/
 """
 
 from __future__ import annotations
@@ -28,11 +41,13 @@ import re
 import sys
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import machine
+from bench.baselines.batch_log import read_batch_sizes
 from bench.http_report import write_report
 from bench.images import ImageSet, content_type, load_image_set, write_image_set
 from bench.servers import RunningServer, ServerSpec, python_module, running
@@ -40,7 +55,18 @@ from bench.wrk_run import WrkResult, run_wrk, write_list
 
 log = logging.getLogger("bench.http")
 
-TARGETS = ("elf-exits", "elf-final", "litserve", "fastapi")
+TARGETS = (
+    "elf-exits",
+    "elf-final",
+    "elf-exits-2w",
+    "elf-exits-compare",
+    "litserve",
+    "fastapi",
+    "kserve",
+    "ray",
+)
+PEERS_WITH_VENV = ("kserve", "ray")  # bench.peers makes their venvs
+BATCHING = ("litserve", "kserve", "ray")  # they write a batch-size histogram (batch_log)
 
 
 @dataclass(frozen=True)
@@ -51,27 +77,57 @@ class ModelCase:
     duration_s: float
 
 
-def elf_spec(model_dir: Path, extra_env: list[str]) -> ServerSpec:
+def elf_spec(
+    name: str, model_dir: Path, extra_env: list[str], compare_src: Path | None
+) -> ServerSpec:
+    """elf-serve: "elf" (1 worker), "elf-2w" (2 workers), "elf-compare" (the code in
+    compare_src, e.g. `git archive <commit>` unpacked, for before/after numbers in one run)."""
     elf_serve = Path(sys.executable).parent / "elf-serve"
     env = {"ELF_PROVIDERS": "cpu", "ELF_LOG_LEVEL": "warning", "ELF_WORKERS": "1"}
     env |= dict(item.split("=", 1) for item in extra_env)
+    if name == "elf-2w":
+        env["ELF_WORKERS"] = "2"
+    if name == "elf-compare":
+        if compare_src is None:
+            sys.exit("target elf-exits-compare needs --compare-src DIR")
+        env["PYTHONPATH"] = str(compare_src.resolve())
     return ServerSpec(
-        "elf", [str(elf_serve), "--model-dir", str(model_dir)], "/v2/health/ready", env
+        name, [str(elf_serve), "--model-dir", str(model_dir)], "/v2/health/ready", env
     )
 
 
-def baseline_spec(name: str, model_dir: Path) -> ServerSpec:
+def batch_log_path(name: str, log_dir: Path) -> Path:
+    return (log_dir / f"{name}-batches.json").resolve()
+
+
+def baseline_spec(name: str, model_dir: Path, log_dir: Path) -> ServerSpec:
+    args = ["--model-dir", str(model_dir)]
+    if name in BATCHING:
+        args += ["--batch-log", str(batch_log_path(name, log_dir))]
+        batch_log_path(name, log_dir).unlink(missing_ok=True)
     module = f"bench.baselines.{name}_app"
-    return ServerSpec(name, python_module(module, "--model-dir", str(model_dir)), "/health", {})
+    if name not in PEERS_WITH_VENV:
+        return ServerSpec(name, python_module(module, *args), "/health", {})
+    from bench import peers  # noqa: PLC0415
+
+    root = str(Path(__file__).resolve().parent.parent)  # the peers import bench.baselines
+    argv = [str(peers.python(name)), "-m", module, *args]
+    ready = "/v1/models/full" if name == "kserve" else "/health"
+    return ServerSpec(name, argv, ready, {"PYTHONPATH": root})
 
 
 # target -> (server, path, body format)
 ROUTES: dict[str, tuple[str, str, str]] = {
     "elf-exits": ("elf", "/v1/classify", "raw"),
     "elf-final": ("elf", "/v1/classify?exit=final", "raw"),
+    "elf-exits-2w": ("elf-2w", "/v1/classify", "raw"),
+    "elf-exits-compare": ("elf-compare", "/v1/classify", "raw"),
     "litserve": ("litserve", "/predict", "multipart"),
     "fastapi": ("fastapi", "/predict", "raw"),
+    "kserve": ("kserve", "/v1/models/full:predict", "raw"),
+    "ray": ("ray", "/predict", "raw"),
 }
+SERVERS = ("elf", "elf-2w", "elf-compare", "fastapi", "litserve", "kserve", "ray")
 
 _EXITS = re.compile(r'^elf_exits_total\{[^}]*exit="(\d+)"[^}]*\}\s+([0-9.e+]+)', re.M)
 _FLOPS = re.compile(r"^elf_flops_(executed|full)_total\{[^}]*\}\s+([0-9.e+]+)", re.M)
@@ -96,13 +152,23 @@ def measure(
     probe: Prober,
 ) -> dict[str, Any]:
     _, path, body = ROUTES[target]
+    batch_log = batch_log_path(server.spec.name, image_list.parent)
+    is_elf = server.spec.name.startswith("elf")
+    if target in BATCHING:
+        time.sleep(2 * BATCH_LOG_PERIOD_S)  # the peer writes its histogram twice a second
+    batches_before = read_batch_sizes(batch_log)
     before_cpu = server.cpu_seconds()
-    before = elf_counters(server) if server.spec.name == "elf" else {}
+    before = elf_counters(server) if is_elf else {}
     r = run_wrk(server.url + path, image_list, body, concurrency, case.duration_s)
     cpu = server.cpu_seconds() - before_cpu
+    if target in BATCHING:
+        time.sleep(2 * BATCH_LOG_PERIOD_S)  # the peer writes its histogram twice a second
+        row_batches = batch_summary(read_batch_sizes(batch_log) - batches_before, concurrency)
     probe.drain()
     row = record(case, target, r, cpu)
-    if before:
+    if target in BATCHING:
+        row["batches"] = row_batches
+    if is_elf:
         after = elf_counters(server)
         delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
         images = sum(v for k, v in delta.items() if k.startswith("exit_"))
@@ -123,6 +189,22 @@ def measure(
         r.wrk_cores,
     )
     return row
+
+
+BATCH_LOG_PERIOD_S = 0.5
+
+
+def batch_summary(sizes: Counter[int], concurrency: int) -> dict[str, Any]:
+    """Batch sizes a peer ran during one measurement; at 8+ concurrent requests a batching
+    server that still runs batches of ~1 is not batching (logged loudly, flagged in the report)."""
+    batches = sum(sizes.values())
+    rows = sum(k * v for k, v in sizes.items())
+    mean = rows / batches if batches else 0.0
+    out = {"batches": batches, "mean": round(mean, 2), "max": max(sizes, default=0)}
+    out["batching"] = concurrency < 8 or mean >= 1.5
+    if not out["batching"]:
+        log.error("c=%d: mean batch size %.2f: this server is not batching", concurrency, mean)
+    return out
 
 
 @dataclass
@@ -211,9 +293,9 @@ def run_server(
     image_list: Path,
 ) -> list[dict[str, Any]]:
     spec = (
-        elf_spec(case.model_dir, args.elf_env)
-        if server_name == "elf"
-        else baseline_spec(server_name, case.model_dir)
+        elf_spec(server_name, case.model_dir, args.elf_env, args.compare_src)
+        if server_name.startswith("elf")
+        else baseline_spec(server_name, case.model_dir, args.log_dir)
     )
     rows = []
     with running(spec, args.log_dir, args.ready_timeout) as server:
@@ -244,7 +326,7 @@ def run_case(case: ModelCase, args: argparse.Namespace) -> list[dict[str, Any]]:
     args.log_dir.mkdir(parents=True, exist_ok=True)
     image_list = write_list(case.images, args.log_dir / f"{case.key}-images.tsv")
     rows: list[dict[str, Any]] = []
-    for server_name in ("elf", "fastapi", "litserve"):
+    for server_name in SERVERS:
         targets = [t for t in args.targets if ROUTES[t][0] == server_name]
         if targets:
             rows += run_server(
@@ -255,6 +337,9 @@ def run_case(case: ModelCase, args: argparse.Namespace) -> list[dict[str, Any]]:
                 args=args,
                 image_list=image_list,
             )
+            # What is measured so far survives a run cut short (bench_lock's time limit).
+            partial = args.log_dir / f"{args.name}-{case.key}.partial.json"
+            partial.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     return rows
 
 
@@ -318,6 +403,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="ELF_X=V",
         help="extra elf-serve settings (default: its own), e.g. ELF_MAX_QUEUE_DELAY_MS=0",
     )
+    p.add_argument(
+        "--compare-src",
+        type=Path,
+        default=None,
+        help="source tree for target elf-exits-compare (before/after in one run)",
+    )
+    p.add_argument("--name", default="http", help="results file stem (default http)")
+    p.add_argument(
+        "--no-in-process",
+        dest="in_process",
+        action="store_false",
+        help="skip the in-process limit (full.onnx at batch 32, measured before the servers)",
+    )
     args = p.parse_args(argv)
     q = args.quick
     args.concurrency = args.concurrency or ([1, 8] if q else [1, 8, 32, 64])
@@ -334,6 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     facts = machine.facts()
     t0 = time.monotonic()
     cases = model_cases(args)
+    limits = {c.key: in_process_full(c) for c in cases} if args.in_process else {}
     rows: list[dict[str, Any]] = []
     for case in cases:
         rows += run_case(case, args)
@@ -344,12 +443,29 @@ def main(argv: list[str] | None = None) -> None:
         "wall_s": round(time.monotonic() - t0, 1),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "models": {c.key: model_info(c) for c in cases},
+        "in_process": limits,
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serving.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    write_report(result, args.out)
-    log.info("wrote %s/serving.{json,md,png} in %.0f s", args.out, result["wall_s"])
+    out = args.out / f"{args.name}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_report(result, args.out, args.name)
+    log.info("wrote %s/%s.{json,md,png} in %.0f s", args.out, args.name, result["wall_s"])
+
+
+def in_process_full(case: ModelCase, batch: int = 32, seconds: float = 5.0) -> dict[str, Any]:
+    """full.onnx at batch 32 in this process with the server's session settings (bench.runner's
+    case): the images/s that bounds every full-depth server; the exit mix divides it (report)."""
+    from bench import runner  # noqa: PLC0415  (ONNX Runtime sessions; only here)
+
+    c = runner.load_case(case.key, case.model_dir, case.images, [batch], [batch])
+    runs, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or runs < 3:
+        runner.run_full(c, batch)
+        runs += 1
+    per_s = runs * len(c.x) / (time.perf_counter() - t0)
+    log.info("%s: full.onnx batch %d in process: %.1f images/s", case.key, batch, per_s)
+    return {"batch": batch, "full_images_per_s": round(per_s, 2)}
 
 
 def model_info(case: ModelCase) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -42,17 +43,12 @@ class RunningServer:
     log_path: Path
 
     def cpu_seconds(self) -> float:
-        """user + system CPU of every process in the server's process group (LitServe forks)."""
-        total = 0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue  # the process ended meanwhile
-            # fields[2] = pgrp, fields[11] = utime, fields[12] = stime (after pid and comm)
-            if int(fields[2]) == self.proc.pid:
-                total += int(fields[11]) + int(fields[12])
-        return total / CLOCK_TICKS
+        """user + system CPU of the server's processes: its process group and every descendant
+        (LitServe forks into the group; Ray's workers start sessions of their own)."""
+        return sum(ticks for _, ticks in _processes(self.proc.pid).values()) / CLOCK_TICKS
+
+    def descendants(self) -> set[int]:
+        return set(_processes(self.proc.pid))
 
     def get(self, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
         try:
@@ -60,6 +56,26 @@ class RunningServer:
                 return int(r.status), r.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
+
+
+def _processes(root: int) -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, utime + stime ticks) of `root`, its group and all their descendants."""
+    table: dict[int, tuple[int, int, int]] = {}  # pid -> (ppid, pgrp, ticks)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended meanwhile
+        # fields[1] = ppid, fields[2] = pgrp, fields[11] = utime, fields[12] = stime
+        pid = int(stat.parent.name)
+        table[pid] = (int(fields[1]), int(fields[2]), int(fields[11]) + int(fields[12]))
+    ours = {pid for pid, (_, pgrp, _) in table.items() if root in (pgrp, pid)}
+    grew = True
+    while grew:
+        new = {pid for pid, (ppid, _, _) in table.items() if ppid in ours and pid not in ours}
+        ours |= new
+        grew = bool(new)
+    return {pid: (table[pid][0], table[pid][2]) for pid in ours}
 
 
 def python_module(module: str, *args: str) -> list[str]:
@@ -85,8 +101,10 @@ def _wait_ready(server: RunningServer, timeout_s: float) -> None:
 
 
 def _stop(server: RunningServer, timeout_s: float = 30.0) -> None:
-    """SIGTERM to the server's own process group (the process we started and its children)."""
+    """SIGTERM to the server's own process group; then whatever it started is ended too
+    (children in the group, like LitServe's workers, and descendants that left it, like Ray's)."""
     pgid = server.proc.pid
+    started = server.descendants() - {pgid}
     if server.proc.poll() is None:
         os.killpg(pgid, signal.SIGTERM)
         try:
@@ -95,15 +113,27 @@ def _stop(server: RunningServer, timeout_s: float = 30.0) -> None:
             log.warning("%s did not stop in %.0f s; SIGKILL", server.spec.name, timeout_s)
             os.killpg(pgid, signal.SIGKILL)
             server.proc.wait(10)
-    # Children (LitServe's workers) may outlive the parent briefly; wait for the group to go.
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
+        left = started & _alive(started)
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
-            return
+            if not left:
+                return
         time.sleep(0.1)
-    os.killpg(pgid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    for pid in started & _alive(started):
+        log.warning(
+            "%s: process %d still there after the server stopped; SIGKILL", server.spec.name, pid
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if Path(f"/proc/{pid}").exists()}
 
 
 @contextmanager

@@ -2,15 +2,15 @@
 
     python -m model_export.agreement_run --model-dir models/fashion-mnist-lt
 
-Rebuilds the validation split from the directory's config.json (as `elf-export calibrate`
-does), runs the stage graphs in ONNX Runtime over it and writes agreement.json for the
-manifest's thresholds. Export and recalibration call `add_agreement` themselves.
+Rebuilds the validation split from what the directory records (model_export.splits, as
+`elf-export calibrate` does), runs the stage graphs in ONNX Runtime over it and writes
+agreement.json for the manifest's thresholds. Export, retrofit and recalibration call
+`measure_agreement` themselves.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,21 +19,17 @@ from elf_core.agreement import Agreement, exit_agreement, write_agreement
 from elf_core.manifest import load_manifest
 from model_export.calibrate_run import split_probs
 from model_export.runtime import StageChain, providers_for
-from training.checkpoint import load_train_config
-from training.data import DataSplits, build_splits
+from model_export.splits import model_splits
+from training.data import DataSplits
 
 log = logging.getLogger(__name__)
-CONFIG_FILE = "config.json"
 
 
 def add_agreement(
     model_dir: Path, device: str = "cpu", batch_size: int = 256, progress: bool = False
 ) -> Agreement:
-    """For an existing directory: rebuild the validation split from its config.json."""
-    config_path = model_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: missing; needed to rebuild the validation split")
-    splits = build_splits(load_train_config(json.loads(config_path.read_text("utf-8"))).data)
+    """For an existing directory: rebuild the validation split from what it records."""
+    splits = model_splits(model_dir, load_manifest(model_dir))
     return measure_agreement(model_dir, splits, device, batch_size, progress)
 
 

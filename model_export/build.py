@@ -7,7 +7,6 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from elf_core.manifest import (
     MANIFEST_FILE,
@@ -59,17 +58,21 @@ def stage_specs(
 
 def provenance(
     splits: DataSplits,
-    config: dict[str, Any],
+    *,
+    method: str,
+    loss: str,
+    architecture: str,
     epochs: int,
     command: str | None,
     commit: str | None = None,
 ) -> Provenance:
+    """The manifest's provenance of a model built now (a trained export or a retrofit)."""
     return Provenance(
         dataset=splits.name,
-        method=str(config["loss"]["method"]),
-        loss=str(config["loss"]["base"]),
+        method=method,
+        loss=loss,
         epochs=epochs,
-        architecture=str(config["model"]["arch"]),
+        architecture=architecture,
         commit=commit or git_commit(),
         command=command,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from elf_core.calibration import CalibrationError
 from elf_core.manifest import MODEL_NAME_PATTERN, ManifestError
-from model_export.export import ExportConfig, export_checkpoint, recalibrate
+from model_export.export import ExportConfig, export_checkpoint
+from model_export.recalibrate import recalibrate
 from model_export.report import summary_table
 from model_export.retrofit.cli import retrofit_config, retrofit_parser
 from model_export.retrofit.cuts import RetrofitError
@@ -161,8 +162,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args_list[:1] == ["retrofit"]:
         parser = retrofit_parser(_common)
         a = _checked(parser, parser.parse_args(args_list[1:]))
-        if a.tail_tolerance is not None:
-            parser.error("--tail-tolerance is not supported by retrofit yet; run without it")
         work = functools.partial(_retrofit, a, args_list)
     else:
         parser = export_parser()
@@ -186,12 +185,12 @@ def _export(a: argparse.Namespace, argv: list[str]) -> int:
         protect_classes=a.protect_classes,
     )
     res = export_checkpoint(a.checkpoint, cfg)
-    f = res.flops
+    f, parity = res.checks.flops, res.checks.parity
     _say(f"\nexported {res.manifest.name} v{res.manifest.version} -> {res.model_dir}")
     _say(
-        f"parity vs torch on {res.parity.images} validation images: max abs diff "
-        f"{res.parity.max_abs_diff:.2e} (stages {_fmt(res.parity.stage_max_abs_diff)}, "
-        f"full {_fmt(res.parity.full_max_abs_diff)})"
+        f"parity vs torch on {parity.images} validation images: max abs diff "
+        f"{parity.max_abs_diff:.2e} (stages {_fmt(parity.stage_max_abs_diff)}, "
+        f"full {_fmt(parity.full_max_abs_diff)})"
     )
     _say(
         f"FLOPs per image: backbone {res.manifest.flops_full:,}; ONNX cross-check max "

@@ -1,28 +1,29 @@
-"""Checkpoint -> verified, calibrated model directory; and recalibration of an existing one.
+"""Stage graphs -> verified, calibrated model directory: a trained checkpoint, or any source.
 
-Everything is written into a staging directory next to the destination and moved into place
-only after the checker, the batch-size runs, torch parity, the FLOPs cross-check and calibration
-have passed, and the written manifest loads back with every sha256 matching.
+`write_model_dir` is the one checked sequence: a graph step writes the stage graphs into a
+staging directory next to the destination and checks them against their source (torch parity
+and FLOPs cross-check for a trained network, the original graph for a retrofit); then the ONNX
+checker, the batch-size runs, calibration, the manifest (loaded back with every sha256 matching)
+and agreement; only then is the directory moved into place.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
 
+from elf_core.agreement import Agreement
 from elf_core.flops import cumulative_flops, full_flops
 from elf_core.manifest import (
-    MANIFEST_FILE,
     MODEL_NAME_PATTERN,
     Calibration,
     FileRef,
@@ -44,7 +45,7 @@ from model_export.build import (
     staging_dir,
 )
 from model_export.calibrate_run import run_calibration
-from model_export.graphs import export_graphs
+from model_export.graphs import StageGraphs, TorchChecks, TorchGraphs
 from model_export.report import (
     CalibrationOutcome,
     exit_specs,
@@ -53,21 +54,15 @@ from model_export.report import (
     write_plot,
 )
 from model_export.runtime import normalize, providers_for
-from model_export.verify import (
-    FlopsReport,
-    ParityReport,
-    check_batch_sizes,
-    check_flops,
-    check_graph,
-    check_parity,
-)
+from model_export.splits import CONFIG_FILE
+from model_export.verify import check_batch_sizes, check_graph
 from training.checkpoint import load_checkpoint, load_model, load_train_config
 from training.data import DataSplits, build_splits
 from training.networks import MultiExitNet
 
-CONFIG_FILE = "config.json"  # the checkpoint's training config: rebuilds the data splits
-
 log = logging.getLogger(__name__)
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
 
 
 @dataclass(frozen=True)
@@ -87,11 +82,10 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
-class ExportResult:
+class ExportResult(Generic[R]):
     model_dir: Path
     manifest: Manifest
-    parity: ParityReport
-    flops: FlopsReport
+    checks: R  # what the graph step checked against its source
     calibration: CalibrationOutcome | None  # None when the calibration step used no split
 
 
@@ -106,7 +100,7 @@ class ModelCard:
 
 @dataclass(frozen=True)
 class Calibrated:
-    """What a calibration step hands back to export_model."""
+    """What a calibration step hands back to write_model_dir."""
 
     thresholds: Sequence[float]  # K-1 (auxiliary exits) or K, the last 0
     calibration: Calibration | None  # the manifest's calibration entry
@@ -114,26 +108,37 @@ class Calibrated:
 
 
 class CalibrationStep(Protocol):
-    """Chooses the thresholds of verified stage graphs; may write files into `model_dir` (the
-    staging directory, moved into place with the rest)."""
+    """Chooses the thresholds of verified stage graphs (per_stage: per-image (body, exit head)
+    FLOPs); may write files into `model_dir` (the staging directory, moved with the rest)."""
 
     def __call__(
-        self, stage_paths: Sequence[Path], flops: FlopsReport, model_dir: Path
+        self, stage_paths: Sequence[Path], per_stage: Sequence[tuple[int, int]], model_dir: Path
     ) -> Calibrated: ...
+
+
+class GraphStep(Protocol[R_co]):
+    """Writes stage_0..K-1.onnx and full.onnx into a model directory, then checks them against
+    the source they came from (raising VerificationError) and reports what it checked."""
+
+    def write(self, model_dir: Path) -> StageGraphs: ...
+
+    def verify(self, model_dir: Path, graphs: StageGraphs) -> R_co: ...
 
 
 def validation_calibration(
     splits: DataSplits, cfg: ExportConfig, name: str, providers: Sequence[Provider]
 ) -> CalibrationStep:
-    """The default step: thresholds chosen on the validation split, then measured on test;
-    writes calibration.json and calibration.png."""
+    """The default step: thresholds chosen on the validation split (tail-protected with
+    cfg.tail_tolerance), then measured on test; writes calibration.json and calibration.png."""
 
-    def step(stage_paths: Sequence[Path], flops: FlopsReport, model_dir: Path) -> Calibrated:
+    def step(
+        stage_paths: Sequence[Path], per_stage: Sequence[tuple[int, int]], model_dir: Path
+    ) -> Calibrated:
         outcome = run_calibration(
             stage_paths,
             splits,
-            cumulative_flops(flops.per_stage),
-            full_flops(flops.per_stage),
+            cumulative_flops(per_stage),
+            full_flops(per_stage),
             cfg.tolerance,
             providers=providers,
             batch_size=cfg.batch_size,
@@ -148,7 +153,16 @@ def validation_calibration(
     return step
 
 
-def export_checkpoint(checkpoint: Path, cfg: ExportConfig) -> ExportResult:
+def validation_agreement(splits: DataSplits, cfg: ExportConfig) -> Callable[[Path], Agreement]:
+    """The default after-manifest step: agreement.json on the validation split."""
+
+    def step(model_dir: Path) -> Agreement:
+        return measure_agreement(model_dir, splits, cfg.device, cfg.batch_size, cfg.progress)
+
+    return step
+
+
+def export_checkpoint(checkpoint: Path, cfg: ExportConfig) -> ExportResult[TorchChecks]:
     """Rebuild model and data splits from the checkpoint's config, then export_model."""
     state = load_checkpoint(checkpoint)
     net, config = load_model(checkpoint)
@@ -158,30 +172,48 @@ def export_checkpoint(checkpoint: Path, cfg: ExportConfig) -> ExportResult:
     train_command = state.get("command") or config.get("command")
     if train_command:
         command = f"train: {train_command}; export: {cfg.command}"
-    epochs = int(state.get("epoch", config.get("epochs", 0)))
-    commit = str(state["commit"]) if state.get("commit") else None
     card = ModelCard(
         class_names=list(splits.class_names),
         preprocessing=preprocessing(splits),
-        provenance=provenance(splits, config, epochs, command, commit),
+        provenance=provenance(
+            splits,
+            method=str(config["loss"]["method"]),
+            loss=str(config["loss"]["base"]),
+            architecture=str(config["model"]["arch"]),
+            epochs=int(state.get("epoch", config.get("epochs", 0))),
+            command=command,
+            commit=str(state["commit"]) if state.get("commit") else None,
+        ),
     )
     # Resolved before the slow part: a missing CUDA provider fails at once.
     providers = providers_for(cfg.device)
     n = min(cfg.parity_images, len(splits.val))
     x = normalize(splits.val.batch(torch.arange(n)).numpy(), splits.mean, splits.std)
-    step = validation_calibration(splits, cfg, model_name(cfg), providers)
-    extra = {CONFIG_FILE: json.dumps(config, indent=1) + "\n"}
-
-    def agreement(model_dir: Path) -> object:
-        return measure_agreement(model_dir, splits, cfg.device, cfg.batch_size, cfg.progress)
-
     return export_model(
-        net, card, cfg, parity_inputs=x, calibrate=step, extra_files=extra, after_manifest=agreement
+        net,
+        card,
+        cfg,
+        parity_inputs=x,
+        calibrate=validation_calibration(splits, cfg, model_name(cfg), providers),
+        extra_files={CONFIG_FILE: json.dumps(config, indent=1) + "\n"},
+        after_manifest=validation_agreement(splits, cfg),
     )
 
 
 def model_name(cfg: ExportConfig) -> str:
     return cfg.name or cfg.out.resolve().name
+
+
+def check_export_config(cfg: ExportConfig) -> str:
+    """What would only fail when the manifest is written, checked before the slow part; the
+    model's name."""
+    name = model_name(cfg)
+    if not re.fullmatch(MODEL_NAME_PATTERN, name):
+        raise ValueError(f"model name {name!r}: letters, digits, '.', '_', '-' only")
+    if not 0.0 <= cfg.tolerance <= 1.0:
+        raise ValueError(f"tolerance must be in [0, 1], got {cfg.tolerance}")
+    check_destination(cfg.out.resolve())
+    return name
 
 
 def export_model(
@@ -194,35 +226,49 @@ def export_model(
     relative_parity: bool = False,
     extra_files: dict[str, str] | None = None,
     after_manifest: Callable[[Path], object] | None = None,
-) -> ExportResult:
-    """Export `net` into cfg.out: stage graphs and full.onnx, checked (ONNX checker, batch sizes,
-    parity with torch on `parity_inputs`, normalized [N, C, H, W], FLOPs cross-check), then
-    calibrated by `calibrate`, with the manifest written and loaded back (then `after_manifest`
-    on the staged directory), all in a staging
-    directory that replaces cfg.out only when everything passed."""
+) -> ExportResult[TorchChecks]:
+    """Export `net` into cfg.out through write_model_dir; parity with torch on `parity_inputs`
+    (normalized [N, C, H, W]), relative to each exit's logit range with `relative_parity`."""
+    pre = card.preprocessing
+    step = TorchGraphs(
+        net.cpu().eval(), (pre.channels, pre.height, pre.width), parity_inputs, relative_parity
+    )
+    return write_model_dir(
+        step,
+        card,
+        cfg,
+        calibrate=calibrate,
+        extra_files=extra_files,
+        after_manifest=after_manifest,
+    )
+
+
+def write_model_dir(
+    graphs_step: GraphStep[R],
+    card: ModelCard,
+    cfg: ExportConfig,
+    *,
+    calibrate: CalibrationStep,
+    extra_files: dict[str, str] | None = None,
+    after_manifest: Callable[[Path], object] | None = None,
+) -> ExportResult[R]:
+    """Write cfg.out: the step's graphs, checked (the step's own checks, ONNX checker, batch
+    sizes), then calibrated by `calibrate`, with the manifest written and loaded back (then
+    `after_manifest` on the staged directory), all in a staging directory that replaces cfg.out
+    only when everything passed."""
     out = cfg.out.resolve()
-    name = model_name(cfg)
-    # Fail before the slow part on what would only fail when the manifest is written.
-    if not re.fullmatch(MODEL_NAME_PATTERN, name):
-        raise ValueError(f"model name {name!r}: letters, digits, '.', '_', '-' only")
-    if not 0.0 <= cfg.tolerance <= 1.0:
-        raise ValueError(f"tolerance must be in [0, 1], got {cfg.tolerance}")
-    check_destination(out)
-    net = net.cpu().eval()
+    name = check_export_config(cfg)
     pre = card.preprocessing
     shape = (pre.channels, pre.height, pre.width)
     tmp = staging_dir(out)
     try:
-        stages, full = export_graphs(net, shape, tmp)
-        stage_paths = [tmp / g.file for g in stages]
+        graphs = graphs_step.write(tmp)
+        stage_paths = [tmp / g.file for g in graphs.stages]
         specs = [check_graph(p) for p in stage_paths]
-        check_graph(tmp / full.file)
-        check_batch_sizes(stage_paths, tmp / full.file, shape, net.num_classes)
-        parity = check_parity(
-            net, stage_paths, tmp / full.file, parity_inputs, relative=relative_parity
-        )
-        flops = check_flops(net, shape, stage_paths, tmp / full.file)
-        cal = calibrate(stage_paths, flops, tmp)
+        check_graph(tmp / graphs.full.file)
+        check_batch_sizes(stage_paths, tmp / graphs.full.file, shape, len(card.class_names))
+        checks = graphs_step.verify(tmp, graphs)
+        cal = calibrate(stage_paths, graphs.per_stage, tmp)
         for file, text in (extra_files or {}).items():
             (tmp / file).write_text(text, encoding="utf-8")
         manifest = Manifest(
@@ -230,10 +276,10 @@ def export_model(
             version=cfg.version,
             class_names=card.class_names,
             preprocessing=pre,
-            stages=stage_specs(tmp, [g.file for g in stages], specs, flops.per_stage),
-            exits=exit_specs(cal.thresholds, cumulative_flops(flops.per_stage)),
-            full_model=FileRef(file=full.file, sha256=sha256_file(tmp / full.file)),
-            flops_full=full_flops(flops.per_stage),
+            stages=stage_specs(tmp, [g.file for g in graphs.stages], specs, graphs.per_stage),
+            exits=exit_specs(cal.thresholds, cumulative_flops(graphs.per_stage)),
+            full_model=FileRef(file=graphs.full.file, sha256=sha256_file(tmp / graphs.full.file)),
+            flops_full=full_flops(graphs.per_stage),
             calibration=cal.calibration,
             provenance=card.provenance,
         )
@@ -246,53 +292,4 @@ def export_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("model directory written: %s", out)
-    return ExportResult(out, manifest, parity, flops, cal.outcome)
-
-
-def recalibrate(
-    model_dir: Path,
-    tolerance: float,
-    device: str = "cpu",
-    batch_size: int = 256,
-    progress: bool = True,
-    *,
-    tail_tolerance: float | None = None,
-    protect_classes: tuple[int, ...] | None = None,
-) -> tuple[Manifest, CalibrationOutcome]:
-    """Choose new thresholds for an existing model directory (same graphs, same validation split)
-    and rewrite calibration.json/.png and the manifest's thresholds and calibration; with
-    `tail_tolerance`, tail-protected (see elf_core.calibration.calibrate)."""
-    manifest = load_manifest(model_dir)
-    config_path = model_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: missing; needed to rebuild the validation split")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    splits = build_splits(load_train_config(config).data)
-    outcome = run_calibration(
-        [model_dir / s.file for s in manifest.stages],
-        splits,
-        [e.cumulative_flops for e in manifest.exits],
-        manifest.flops_full,
-        tolerance,
-        providers=providers_for(device),
-        batch_size=batch_size,
-        progress=progress,
-        tail_tolerance=tail_tolerance,
-        protect_classes=protect_classes,
-    )
-    exits = exit_specs(outcome.val.chosen.thresholds, outcome.cumulative_flops)
-    updated = Manifest.model_validate(
-        {
-            **manifest.model_dump(),
-            "exits": [e.model_dump() for e in exits],
-            "calibration": manifest_calibration(outcome).model_dump(),
-        }
-    )
-    write_curve(outcome, model_dir)
-    write_plot(outcome, model_dir, manifest.name)
-    # Replace the manifest in one rename: a reader sees the old one or the new one, never half.
-    tmp = model_dir / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(updated.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, model_dir / MANIFEST_FILE)
-    measure_agreement(model_dir, splits, device, batch_size, progress)  # new thresholds
-    return updated, outcome
+    return ExportResult(out, manifest, checks, cal.outcome)

@@ -3,6 +3,8 @@
 Stage k < K-1: input [batch, ...] -> (features [batch, ...], logits [batch, num_classes]);
 the last stage: input -> logits; full.onnx: input -> logits_0 .. logits_{K-1}.
 Exported with the dynamo exporter (torch.export + onnxscript) into single-file graphs.
+`TorchGraphs` is export's graph step for a trained network (model_export.export.write_model_dir):
+these graphs, checked for parity with torch and by the FLOPs cross-check.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from model_export.verify import FlopsReport, ParityReport, check_flops, check_parity
+from training.flops import stage_flops
 from training.networks import MultiExitNet
 
 OPSET = 18
@@ -67,6 +72,16 @@ class GraphFile:
     file: str  # relative to the model directory
     inputs: list[str]
     outputs: list[str]
+
+
+@dataclass(frozen=True)
+class StageGraphs:
+    """What a graph step wrote into a model directory: stage_0..K-1.onnx, full.onnx, and per
+    stage the per-image FLOPs (body, exit head) that the manifest records."""
+
+    stages: list[GraphFile]
+    full: GraphFile
+    per_stage: list[tuple[int, int]]
 
 
 def stage_modules(net: MultiExitNet) -> list[nn.Module]:
@@ -132,3 +147,31 @@ def export_graphs(
     full_outputs = [f"logits_{i}" for i in range(k)]
     full = export_graph(AllExits(net).eval(), input_shape, out_dir / "full.onnx", full_outputs)
     return stages, full
+
+
+@dataclass(frozen=True)
+class TorchChecks:
+    parity: ParityReport
+    flops: FlopsReport
+
+
+@dataclass(frozen=True)
+class TorchGraphs:
+    """A trained MultiExitNet (eval mode, CPU): graphs by torch's exporter; parity with torch on
+    `parity_inputs` (normalized [N, C, H, W]) and the FLOPs cross-check."""
+
+    net: MultiExitNet
+    input_shape: tuple[int, int, int]
+    parity_inputs: np.ndarray
+    relative_parity: bool = False
+
+    def write(self, model_dir: Path) -> StageGraphs:
+        stages, full = export_graphs(self.net, self.input_shape, model_dir)
+        return StageGraphs(stages, full, stage_flops(self.net, self.input_shape))
+
+    def verify(self, model_dir: Path, graphs: StageGraphs) -> TorchChecks:
+        paths, full = [model_dir / g.file for g in graphs.stages], model_dir / graphs.full.file
+        parity = check_parity(
+            self.net, paths, full, self.parity_inputs, relative=self.relative_parity
+        )
+        return TorchChecks(parity, check_flops(self.net, self.input_shape, paths, full))

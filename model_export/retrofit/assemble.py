@@ -9,27 +9,17 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 from onnx import compose, utils, version_converter
 
-from model_export.graphs import BATCH_DIM, GraphFile, export_graph
+from model_export.graphs import BATCH_DIM, GraphFile, StageGraphs, export_graph
 from model_export.onnx_flops import node_flops
 from model_export.retrofit.cuts import Classifier, Cut, RetrofitError, _dims, _opset, _set_dims
 from model_export.retrofit.heads import ExitHead
 
 FULL_FILE = "full.onnx"
-
-
-@dataclass(frozen=True)
-class StageGraphs:
-    stages: list[GraphFile]
-    full: GraphFile
-    # Per stage, per image, counted on the ONNX graphs: (original segment, exit head); for the
-    # last stage (segment without its last Conv/Gemm/MatMul, that layer = the final classifier).
-    per_stage: list[tuple[int, int]]
 
 
 def rename(graph: onnx.GraphProto, old: str, new: str) -> None:
@@ -130,4 +120,6 @@ def build_stage_graphs(
     full.CopyFrom(clf.model)
     del full.graph.value_info[:]
     _save(last_stage(full), out_dir / FULL_FILE)
+    # per_stage: for the last stage, (segment without its last Conv/Gemm/MatMul, that layer =
+    # the final classifier), counted on the ONNX graphs.
     return StageGraphs(stages, GraphFile(FULL_FILE, ["input"], ["logits"]), per_stage)

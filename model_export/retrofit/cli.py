@@ -2,6 +2,7 @@
 
 elf-export retrofit --onnx MODEL.onnx --data-root DIR [--dataset folder] [--cuts auto|NAME ...]
     --out models/NAME [--size 224] [--channels 3] [--mean M ...] [--std S ...]
+    [--tolerance 0.005] [--tail-tolerance 0.01 [--protect-classes 7,8,9]]
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from model_export.export import ExportConfig
 from model_export.retrofit.heads import HeadConfig
 from model_export.retrofit.pipeline import RetrofitConfig
 from training.cli_errors import OneLineParser
@@ -94,10 +96,13 @@ def retrofit_config(a: argparse.Namespace, command: str) -> RetrofitConfig:
         lr=a.lr, distill=a.distill, seed=a.seed, threads=a.threads,
     )  # fmt: skip
     cuts = () if a.cuts == ["auto"] else tuple(a.cuts)
+    export = ExportConfig(
+        out=a.out, tolerance=a.tolerance, name=a.name, version=a.version, device=a.device,
+        batch_size=a.batch_size, progress=not a.no_progress, command=command,
+        tail_tolerance=a.tail_tolerance, protect_classes=a.protect_classes,
+    )  # fmt: skip
     return RetrofitConfig(
-        onnx=a.onnx, data=data, out=a.out, cuts=cuts, num_exits=a.exits, head=head,
+        onnx=a.onnx, data=data, export=export, cuts=cuts, num_exits=a.exits, head=head,
         channels=a.channels, size=a.size, mean=tuple(a.mean) if a.mean else None,
-        std=tuple(a.std) if a.std else None, tolerance=a.tolerance, name=a.name,
-        version=a.version, device=a.device, batch_size=a.batch_size,
-        progress=not a.no_progress, command=command,
+        std=tuple(a.std) if a.std else None,
     )  # fmt: skip

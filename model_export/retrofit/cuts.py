@@ -23,6 +23,7 @@ from model_export.onnx_flops import OnnxFlopsError, node_flops
 log = logging.getLogger(__name__)
 
 Shape = tuple[int, int, int]  # per image: (C, H, W)
+MAX_AUTO_CUT = 0.95  # automatic cuts lie at most this far into the backbone's FLOPs
 
 
 class RetrofitError(ValueError):
@@ -236,6 +237,19 @@ def spread(ends: Sequence[Cut], n: int, total_flops: int) -> list[Cut]:
     return chosen
 
 
+def auto_cuts(ends: Sequence[Cut], n: int, total_flops: int, where: Path) -> list[Cut]:
+    """n stage ends spread evenly in FLOPs, among those within MAX_AUTO_CUT of the FLOPs: an
+    exit at the end of the last stage would cost the whole backbone and its own head, more than
+    the final exit it is meant to spare (e.g. resnet32's 7x7 map just before the pool)."""
+    useful = [c for c in ends if c.cumulative_flops <= MAX_AUTO_CUT * total_flops]
+    if not useful:
+        raise RetrofitError(
+            f"{where}: every stage end found lies past {MAX_AUTO_CUT:.0%} of the FLOPs; name "
+            "cuts with --cuts"
+        )
+    return spread(useful, n, total_flops)
+
+
 def choose_cuts(clf: Classifier, names: Sequence[str] | None, num_exits: int) -> list[Cut]:
     """The user's named cuts (checked, put in graph order) or `num_exits` automatic ones."""
     index = GraphIndex(clf)
@@ -249,7 +263,7 @@ def choose_cuts(clf: Classifier, names: Sequence[str] | None, num_exits: int) ->
         raise RetrofitError(
             f"{clf.path}: no downsampling stage ends found to cut at; name cuts with --cuts"
         )
-    cuts = spread(ends, num_exits, clf.total_flops)
+    cuts = auto_cuts(ends, num_exits, clf.total_flops, clf.path)
     log.info(
         "automatic cuts (of %d stage ends): %s",
         len(ends),

@@ -1,10 +1,12 @@
 """retrofit(): an ONNX classifier + data -> a verified, calibrated model directory with early exits.
 
 Order: load and check the model, build the data splits (the project's loaders), choose the cuts,
-compute the cut features once (ONNX Runtime), train the heads (torch), write the stage graphs
-into a staging directory, check them (ONNX checker, batch sizes, chained stages vs the original
-graph on real images, exported heads vs torch), count FLOPs on the graphs, calibrate on the
-validation split, write the manifest, and only then move the directory into place.
+compute the cut features once (ONNX Runtime), train the heads (torch); then the export's one
+checked sequence (model_export.export.write_model_dir) with this module's graph step: the stage
+graphs are the original graph's segments joined to the exported heads, checked against the
+original graph on real images (chained stages) and against the torch heads, with FLOPs counted on
+the graphs; calibration on the validation split (tail protection as for a trained model),
+manifest, agreement.json and retrofit.json, and only then the move into place.
 """
 
 from __future__ import annotations
@@ -12,57 +14,44 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
-import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elf_core.flops import cumulative_flops, full_flops
-from elf_core.manifest import (
-    FileRef,
-    Manifest,
-    Provenance,
-    load_manifest,
-    sha256_file,
-    write_manifest,
+from elf_core.manifest import Manifest, Provenance
+from model_export.build import preprocessing, provenance
+from model_export.export import (
+    Calibrated,
+    CalibrationStep,
+    ExportConfig,
+    ModelCard,
+    check_export_config,
+    model_name,
+    validation_agreement,
+    validation_calibration,
+    write_model_dir,
 )
-from model_export.build import (
-    check_destination,
-    git_commit,
-    move_into_place,
-    preprocessing,
-    stage_specs,
-    staging_dir,
-)
-from model_export.calibrate_run import run_calibration
-from model_export.export import MODEL_NAME_PATTERN
-from model_export.report import (
-    CalibrationOutcome,
-    exit_specs,
-    manifest_calibration,
-    write_curve,
-    write_plot,
-)
+from model_export.graphs import StageGraphs
+from model_export.report import CalibrationOutcome
 from model_export.retrofit.assemble import build_stage_graphs
 from model_export.retrofit.checks import ParityCheck, check_flops_partition, check_stage_parity
 from model_export.retrofit.cuts import Classifier, Cut, RetrofitError, choose_cuts, load_classifier
 from model_export.retrofit.features import compute_features
-from model_export.retrofit.heads import HeadConfig, train_heads
+from model_export.retrofit.heads import ExitHead, HeadConfig, train_heads
 from model_export.runtime import providers_for
-from model_export.verify import check_batch_sizes, check_graph
+from model_export.splits import RETROFIT_FILE
+from training.config import to_dict
 from training.data import DataConfig, DataSplits, build_splits
 
 log = logging.getLogger(__name__)
-RETROFIT_FILE = "retrofit.json"  # what was cut where, the heads' config, the data config
 
 
 @dataclass(frozen=True)
 class RetrofitConfig:
     onnx: Path
     data: DataConfig
-    out: Path
+    export: ExportConfig  # destination, name, tolerances (tail protection too), device, ...
     cuts: tuple[str, ...] = ()  # tensor names; empty = automatic
     num_exits: int = 3  # early exits to place automatically (fewer if fewer stage ends exist)
     head: HeadConfig = field(default_factory=HeadConfig)
@@ -70,14 +59,6 @@ class RetrofitConfig:
     size: tuple[int, int] | None = None  # (height, width); None: the model's input shape
     mean: tuple[float, ...] | None = None  # None: the training split's statistics
     std: tuple[float, ...] | None = None
-    tolerance: float = 0.005
-    name: str | None = None
-    version: str = "1"
-    device: str = "cpu"
-    batch_size: int = 256
-    parity_images: int = 256
-    progress: bool = True
-    command: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +69,26 @@ class RetrofitResult:
     parity: ParityCheck
     calibration: CalibrationOutcome
     seconds: dict[str, float]  # wall time per phase
+
+
+@dataclass(frozen=True)
+class RetrofitGraphs:
+    """write_model_dir's graph step: segments of the original graph joined to the heads."""
+
+    clf: Classifier
+    cuts: Sequence[Cut]
+    heads: Sequence[ExitHead]
+    splits: DataSplits
+    parity_images: int
+
+    def write(self, model_dir: Path) -> StageGraphs:
+        return build_stage_graphs(self.clf, self.cuts, self.heads, model_dir)
+
+    def verify(self, model_dir: Path, graphs: StageGraphs) -> ParityCheck:
+        paths = [model_dir / g.file for g in graphs.stages]
+        parity = check_stage_parity(self.clf, paths, self.heads, self.splits, self.parity_images)
+        check_flops_partition(self.clf, graphs.per_stage)
+        return parity
 
 
 def _data_config(cfg: RetrofitConfig, clf: Classifier) -> DataConfig:
@@ -129,120 +130,103 @@ def load_data(cfg: RetrofitConfig, clf: Classifier) -> DataSplits:
 
 
 def _check_config(cfg: RetrofitConfig) -> str:
-    name = cfg.name or cfg.out.resolve().name
-    if not re.fullmatch(MODEL_NAME_PATTERN, name):
-        raise RetrofitError(f"model name {name!r}: letters, digits, '.', '_', '-' only")
-    if not 0.0 <= cfg.tolerance <= 1.0:
-        raise RetrofitError(f"tolerance must be in [0, 1], got {cfg.tolerance}")
+    """Before the slow part, what the export would refuse at its start; the model's name."""
     if cfg.num_exits < 1:
         raise RetrofitError(f"--exits must be >= 1, got {cfg.num_exits}")
-    check_destination(cfg.out.resolve())
-    return name
+    try:
+        return check_export_config(cfg.export)
+    except ValueError as exc:
+        raise RetrofitError(str(exc)) from exc
 
 
 def retrofit(cfg: RetrofitConfig) -> RetrofitResult:
-    name = _check_config(cfg)
+    _check_config(cfg)
+    ex = cfg.export
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     clf = load_classifier(cfg.onnx, cfg.channels, cfg.size)
     splits = load_data(cfg, clf)
     cuts = choose_cuts(clf, cfg.cuts, cfg.num_exits)
-    providers = providers_for(cfg.device)
-    kw = {"providers": providers, "batch_size": cfg.batch_size, "progress": cfg.progress}
+    providers = providers_for(ex.device)
+    kw = {"providers": providers, "batch_size": ex.batch_size, "progress": ex.progress}
     train = compute_features(clf, cuts, splits.train, splits.mean, splits.std, desc="train", **kw)  # type: ignore[arg-type]
     seconds["features"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     heads = train_heads(
         [c.shape for c in cuts], clf.num_classes, train, splits.train_class_counts, cfg.head,
-        progress=cfg.progress,
+        progress=ex.progress,
     )  # fmt: skip
     del train
     seconds["heads"] = time.perf_counter() - t1
-    out = cfg.out.resolve()
-    tmp = staging_dir(out)
-    try:
-        t2 = time.perf_counter()
-        graphs = build_stage_graphs(clf, cuts, heads, tmp)
-        paths = [tmp / g.file for g in graphs.stages]
-        specs = [check_graph(p) for p in paths]
-        check_graph(tmp / graphs.full.file)
-        check_batch_sizes(paths, tmp / graphs.full.file, clf.input_shape, clf.num_classes)
-        parity = check_stage_parity(clf, paths, heads, splits, cfg.parity_images)
-        check_flops_partition(clf, graphs.per_stage)
-        seconds["graphs"] = time.perf_counter() - t2
-        t3 = time.perf_counter()
-        outcome = run_calibration(
-            paths,
-            splits,
-            cumulative_flops(graphs.per_stage),
-            full_flops(graphs.per_stage),
-            cfg.tolerance,
-            providers=providers,
-            batch_size=cfg.batch_size,
-            progress=cfg.progress,
-        )
-        seconds["calibration"] = time.perf_counter() - t3
-        write_curve(outcome, tmp)
-        write_plot(outcome, tmp, name)
-        _write_record(tmp, cfg, clf, cuts, seconds)
-        manifest = Manifest(
-            name=name,
-            version=cfg.version,
-            class_names=list(splits.class_names),
-            preprocessing=preprocessing(splits),
-            stages=stage_specs(tmp, [g.file for g in graphs.stages], specs, graphs.per_stage),
-            exits=exit_specs(outcome.val.chosen.thresholds, outcome.cumulative_flops),
-            full_model=FileRef(file=graphs.full.file, sha256=sha256_file(tmp / graphs.full.file)),
-            flops_full=outcome.flops_full,
-            calibration=manifest_calibration(outcome),
-            provenance=_provenance(cfg, clf, splits),
-        )
-        write_manifest(manifest, tmp)
-        load_manifest(tmp)  # validates and checks every sha256 as the server will
-        move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    card = ModelCard(
+        class_names=list(splits.class_names),
+        preprocessing=preprocessing(splits),
+        provenance=_provenance(cfg, clf, splits),
+    )
+    calibrate = validation_calibration(splits, ex, model_name(ex), providers)
+    agreement = validation_agreement(splits, ex)
+    record = _record(cfg, clf, cuts, seconds)
+    res = write_model_dir(
+        RetrofitGraphs(clf, cuts, heads, splits, ex.parity_images),
+        card,
+        ex,
+        calibrate=_timed(calibrate, seconds, time.perf_counter()),
+        after_manifest=lambda model_dir: (agreement(model_dir), record(model_dir)),
+    )
+    assert res.calibration is not None  # validation_calibration always measures
     seconds["total"] = time.perf_counter() - t0
-    log.info("model directory written: %s", out)
-    return RetrofitResult(out, manifest, cuts, parity, outcome, seconds)
+    return RetrofitResult(res.model_dir, res.manifest, cuts, res.checks, res.calibration, seconds)
+
+
+def _timed(step: CalibrationStep, seconds: dict[str, float], t_graphs: float) -> CalibrationStep:
+    """`step`, recording the graph phase (until calibration starts) and calibration's time."""
+
+    def timed(
+        stage_paths: Sequence[Path], per_stage: Sequence[tuple[int, int]], model_dir: Path
+    ) -> Calibrated:
+        t = time.perf_counter()
+        seconds["graphs"] = t - t_graphs
+        cal = step(stage_paths, per_stage, model_dir)
+        seconds["calibration"] = time.perf_counter() - t
+        return cal
+
+    return timed
 
 
 def _provenance(cfg: RetrofitConfig, clf: Classifier, splits: DataSplits) -> Provenance:
-    import datetime as dt  # noqa: PLC0415
-
     h = cfg.head
     loss = "balanced_softmax" + (
         f" + {h.distill:g} x distillation (T={h.temperature:g})" if h.distill else ""
     )
-    return Provenance(
-        dataset=splits.name,
+    return provenance(
+        splits,
         method=f"retrofit: exit heads on the frozen {clf.path.name}",
         loss=loss,
-        epochs=h.epochs,
         architecture=f"onnx:{clf.path.name}",
-        commit=git_commit(),
-        command=cfg.command,
-        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        epochs=h.epochs,
+        command=cfg.export.command,
     )
 
 
-def _write_record(
-    model_dir: Path,
-    cfg: RetrofitConfig,
-    clf: Classifier,
-    cuts: Sequence[Cut],
-    seconds: dict[str, float],
-) -> None:
-    record = {
-        "onnx": str(cfg.onnx),
-        "input": clf.input_name,
-        "output": clf.output_name,
-        "flops_original": clf.total_flops,
-        "cuts": [dataclasses.asdict(c) for c in cuts],
-        "head": dataclasses.asdict(cfg.head),
-        "data": json.loads(json.dumps(dataclasses.asdict(cfg.data), default=str)),
-        "seconds": {k: round(v, 2) for k, v in seconds.items()},
-        "command": cfg.command,
-    }
-    (model_dir / RETROFIT_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+def _record(
+    cfg: RetrofitConfig, clf: Classifier, cuts: Sequence[Cut], seconds: dict[str, float]
+) -> Callable[[Path], None]:
+    """Writes retrofit.json: what was cut where, the heads, the resolved data config (from which
+    `elf-export calibrate` rebuilds the splits) and the wall time of each phase so far."""
+
+    def write(model_dir: Path) -> None:
+        record = {
+            "onnx": str(cfg.onnx),
+            "input": clf.input_name,
+            "output": clf.output_name,
+            "flops_original": clf.total_flops,
+            "cuts": [dataclasses.asdict(c) for c in cuts],
+            "head": dataclasses.asdict(cfg.head),
+            "data": to_dict(_data_config(cfg, clf)),
+            "seconds": {k: round(v, 2) for k, v in seconds.items()},
+            "command": cfg.export.command,
+        }
+        text = json.dumps(record, indent=1) + "\n"
+        (model_dir / RETROFIT_FILE).write_text(text, encoding="utf-8")
+
+    return write

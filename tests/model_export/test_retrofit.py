@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
+from elf_core.agreement import load_agreement
 from elf_core.manifest import load_manifest
 from model_export.cli import main
 from model_export.onnx_flops import count_onnx_flops
-from model_export.retrofit.cuts import Cut, spread
+from model_export.retrofit.cuts import Cut, RetrofitError, auto_cuts, spread
 from model_export.runtime import StageChain, normalize
 from tests.model_export.retrofit_nets import (
     PlainCNN,
@@ -33,6 +36,8 @@ from training.data import DataConfig, build_splits
 
 DATA_ARGS = ["--n-max", "40", "--imbalance-ratio", "4", "--val-per-class", "8"]
 MEAN, STD = 0.27, 0.2  # given as flags: the manifest must record them, not the data's
+TAIL_TOLERANCE = 0.02  # tail protection, as for a trained model
+VAL_IMAGES = 10 * 8  # --val-per-class 8
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,8 @@ def retrofitted(tmp_path_factory: pytest.TempPathFactory) -> Retrofitted:
     rc, stdout = _run(
         ["retrofit", "--onnx", str(onnx_path), "--data-root", str(data), *DATA_ARGS,
          "--out", str(out), "--epochs", "25", "--head-batch-size", "32", "--threads", "1",
-         "--mean", str(MEAN), "--std", str(STD), "--no-progress"]
+         "--mean", str(MEAN), "--std", str(STD), "--tail-tolerance", str(TAIL_TOLERANCE),
+         "--no-progress"]
     )  # fmt: skip
     assert rc == 0
     return Retrofitted(onnx_path, data, out, stdout)
@@ -104,6 +110,41 @@ def test_manifest_records_flops_and_preprocessing(retrofitted: Retrofitted) -> N
         assert m.exits[k].cumulative_flops == sum(t.flops_body + t.flops_exit for t in ran)
     assert m.provenance.method.startswith("retrofit")
     assert m.calibration is not None and m.calibration.test is not None
+
+
+def test_retrofitted_directory_has_agreement_and_tail_protection(retrofitted: Retrofitted) -> None:
+    d = retrofitted.model_dir
+    m = load_manifest(d)
+    agreement = load_agreement(d)  # the audit's expected agreement, as for a trained model
+    assert agreement is not None and agreement.split == "validation"
+    assert agreement.images == VAL_IMAGES and agreement.thresholds == m.thresholds
+    assert [e.exit for e in agreement.exits] == list(range(len(m.stages) - 1))
+    assert m.calibration is not None and m.calibration.tail_tolerance == TAIL_TOLERANCE
+    curve = json.loads((d / "calibration.json").read_text(encoding="utf-8"))
+    assert curve["tail_protection"]["tail_tolerance"] == TAIL_TOLERANCE
+    assert curve["tail_protection"]["protected"] == "tail third"
+
+
+def test_calibrate_works_on_a_retrofitted_directory(
+    retrofitted: Retrofitted, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = Path(shutil.copytree(retrofitted.model_dir, tmp_path / "m"))
+    before = load_manifest(d)
+    rc, stdout = _run(["calibrate", "--model-dir", str(d), "--tolerance", "1.0", "--no-progress"])
+    assert rc == 0 and "recalibrated plain-exits" in stdout
+    after = load_manifest(d)  # still loads, every sha256 still matches
+    assert after.calibration is not None and after.calibration.tolerance == 1.0
+    assert after.calibration.tail_tolerance is None  # plain calibration this time
+    # Any accuracy is allowed: the cheapest point sends everything out at the first exit.
+    assert after.calibration.chosen.exit_rates[0] == pytest.approx(1.0)
+    assert after.stages == before.stages and after.thresholds != before.thresholds
+    # The same validation split as the retrofit's, normalized with the manifest's statistics.
+    assert before.calibration is not None
+    old, new = before.calibration.final_exit_only, after.calibration.final_exit_only
+    assert old is not None and new is not None
+    assert (new.balanced_accuracy, new.accuracy) == (old.balanced_accuracy, old.accuracy)
+    agreement = load_agreement(d)  # rewritten for the new thresholds
+    assert agreement is not None and agreement.thresholds == after.thresholds
 
 
 def test_server_loads_and_answers(retrofitted: Retrofitted, tmp_path: Path) -> None:
@@ -195,3 +236,11 @@ def test_automatic_cuts_spread_evenly_in_flops() -> None:
     assert [c.tensor for c in spread(ends, 1, 100)] == ["t3"]
     # More exits asked for than stage ends: every end, once, in order.
     assert [c.tensor for c in spread(ends[:2], 3, 100)] == ["t0", "t1"]
+
+
+def test_automatic_cuts_leave_out_the_end_of_the_last_stage() -> None:
+    # resnet32-like: stage ends at 34%, 67% and 100% of the FLOPs; an exit at 100% saves nothing.
+    ends = [Cut(f"t{i}", (8, 8, 8), f) for i, f in enumerate([34, 67, 100])]
+    assert [c.tensor for c in auto_cuts(ends, 3, 100, Path("m.onnx"))] == ["t0", "t1"]
+    with pytest.raises(RetrofitError, match=r"m\.onnx: every stage end found lies past 95%"):
+        auto_cuts(ends[2:], 3, 100, Path("m.onnx"))

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from elf_core.manifest import load_manifest
-from model_export import export as export_mod
+from model_export import graphs as graphs_mod
 from model_export.build import check_destination
 from model_export.cli import main
 from model_export.graphs import export_graph
@@ -99,7 +99,7 @@ def test_failed_verification_leaves_nothing_behind(
     def broken(*_args: object, **_kw: object) -> None:
         raise VerificationError("stage_0.onnx: simulated parity failure")
 
-    monkeypatch.setattr(export_mod, "check_parity", broken)
+    monkeypatch.setattr(graphs_mod, "check_parity", broken)
     out = tmp_path / "models" / "broken"
     rc = main(["--checkpoint", str(exported.checkpoint), "--out", str(out), "--no-progress"])
     assert rc == 1

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from elf_core.exits import early_exit
 from elf_core.manifest import load_manifest
 from server.app import create_app
+from server.schemas.v1 import ClassifyResponse
 from tests.server.conftest import files, make_settings
 from tests.server.tiny_model import build_tiny_model, normalise, stage_probs
 
@@ -68,6 +69,22 @@ def test_many_files_keep_their_order_and_use_every_exit(
         confs = [t["confidence"] for t in x["top_k"]]
         assert len(confs) == 3 and confs == sorted(confs, reverse=True)
         assert x["top_k"][0]["class_index"] == x["class_index"]
+
+
+def test_classify_json_is_the_response_models_own_serialisation(
+    client: TestClient, pngs: list[bytes]
+) -> None:
+    """The hot path writes the answer from dicts with orjson; the bytes must be exactly what
+    pydantic-core writes for the documented ClassifyResponse (same keys, order, numbers)."""
+    for query in ("", "?top_k=10", "?exit=final"):
+        r = client.post("/v1/classify" + query, files=files(pngs[:7]))
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "application/json"
+        model = ClassifyResponse.model_validate_json(r.content, strict=True)
+        assert model.model_dump_json().encode() == r.content
+        assert len(model.results) == 7 and len(model.results[0].top_k) == (
+            10 if "top_k" in query else 5
+        )
 
 
 def test_threshold_and_exit_final_apply_per_request(client: TestClient, pngs: list[bytes]) -> None:

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# py-spy profile of elf-serve under wrk load (bundled model, raw PNG bodies, closed loop):
+#   bench/http_profile.sh OUT.raw [SRC_DIR]   (SRC_DIR: the code to serve, default this checkout)
+# Needs wrk and py-spy (dev extra), and runs/bench-http-logs/bundled-images.tsv (written by
+# `python -m bench.http --models bundled`). Summary: python -m bench.pyspy_summary OUT.raw
+# Env: C (concurrency, 32), DUR (seconds, 12), MODEL (models/fashion-mnist-lt).
+set -eu
+out=$1
+src=${2:-$PWD}
+C=${C:-32}
+DUR=${DUR:-12}
+list=runs/bench-http-logs/bundled-images.tsv
+bin=$(dirname "$(command -v python)")
+port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PYTHONPATH=$src ELF_PROVIDERS=cpu ELF_LOG_LEVEL=warning "$bin/elf-serve" \
+    --model-dir "${MODEL:-models/fashion-mnist-lt}" --port "$port" > "$out.server.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
+for _ in $(seq 300); do
+    curl -sf "http://127.0.0.1:$port/v2/health/ready" > /dev/null && break
+    sleep 0.5
+done
+url=http://127.0.0.1:$port/v1/classify
+lua=bench/wrk/post_images.lua
+wrk -t"$C" -c"$C" -d3s -s $lua "$url" -- $list raw "$C" > /dev/null  # warm-up
+wrk -t"$C" -c"$C" -d"${DUR}s" --latency -s $lua "$url" -- $list raw "$C" > "$out.wrk.txt" &
+load=$!
+sleep 1
+py-spy record -p "$server" -d $((DUR - 3)) -r 200 --threads -f raw -o "$out" --nonblocking > /dev/null
+wait $load
+grep -o 'WRKJSON.*' "$out.wrk.txt"
