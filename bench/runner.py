@@ -10,7 +10,9 @@ rotates) and reported as medians over repetitions:
   early-exit   the same runner, rows that exit are dropped after each stage (per batch; the
                survivors are compacted with the server's merge graph)
   batcher      the server's Batcher (max_batch_size = b, 2 ms queue delay) fed every image at
-               once: exits, compaction and merging of survivors across batches, futures
+               once: exits, compaction and merging of survivors across batches, futures;
+               ELF_SCHEDULING=deepest-first
+  batcher-age  the same with ELF_SCHEDULING=age-aware (server/batching/scheduling.py)
 
 Ideal = full x (expected FLOPs ratio of the exit mix measured on these images). Goal: at batch 32
 the realised saving 1 - t/t_full is at least 90% of the FLOPs saving 1 - ratio.
@@ -43,6 +45,7 @@ from bench.runner_report import write_runner_report
 from elf_core.exits import softmax
 from elf_core.manifest import Manifest, load_manifest
 from server.batching.batcher import Batcher
+from server.batching.scheduling import Policy
 from server.engine.runner import OnnxStageRunner
 from server.engine.sessions import load_stage_sessions, session_options
 from server.preprocess import decode_image
@@ -50,7 +53,7 @@ from server.settings import Settings
 
 log = logging.getLogger("bench.runner")
 
-VARIANTS = ("full", "stages", "early-exit", "batcher")
+VARIANTS = ("full", "stages", "early-exit", "batcher", "batcher-age")
 Outcome = tuple[np.ndarray, np.ndarray]  # (predicted class [N], exit index [N])
 
 
@@ -146,9 +149,13 @@ def run_early_exit(case: Case, b: int) -> Outcome:
     return pred, exit_idx
 
 
-def run_batcher(case: Case, b: int) -> Outcome:
+def run_batcher(case: Case, b: int, policy: Policy = "deepest-first") -> Outcome:
     batcher = Batcher(
-        case.runner, max_batch_size=b, max_queue_delay_s=0.002, max_queue_size=len(case.x) + 1
+        case.runner,
+        max_batch_size=b,
+        max_queue_delay_s=0.002,
+        max_queue_size=len(case.x) + 1,
+        scheduling=policy,
     )
     batcher.start()
     try:
@@ -166,6 +173,7 @@ RUNS: dict[str, Callable[[Case, int], Outcome]] = {
     "stages": run_stages,
     "early-exit": run_early_exit,
     "batcher": run_batcher,
+    "batcher-age": lambda case, b: run_batcher(case, b, "age-aware"),
 }
 
 

@@ -35,6 +35,7 @@ _FLAGS = {
     "max_batch_size": "rows per stage batch",
     "max_queue_delay_ms": "longest wait for a fuller batch",
     "max_queue_size": "images admitted per model before 503",
+    "scheduling": "deepest-first | age-aware (which ready stage runs next)",
     "request_timeout_s": "per-request timeout (504)",
     "intra_op_threads": "ONNX Runtime threads per session (0 = CPUs / workers)",
     "state_dir": "directory of state shared by workers and kept across restarts",

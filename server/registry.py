@@ -157,6 +157,7 @@ def load_model(
         model=manifest.name,
         metrics=metrics,
         audit=audit,
+        scheduling=settings.scheduling,
     )
     curve = load_curve(model_dir, manifest)
     try:

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     max_batch_size: PositiveInt = 32
     # How long the oldest waiting row may wait for a fuller batch, at every stage.
     max_queue_delay_ms: Annotated[float, Field(ge=0.0)] = 2.0
+    # Which ready stage queue runs next (server/batching/scheduling.py): deepest-first (work
+    # already paid for leaves first) or age-aware (oldest request first; flat tail latency).
+    scheduling: Literal["deepest-first", "age-aware"] = "deepest-first"
     # Images admitted and not yet answered, per model; beyond it requests get 503.
     max_queue_size: PositiveInt = 1024
     request_timeout_s: Annotated[float, Field(gt=0.0)] = 30.0

@@ -1,21 +1,21 @@
 """Dynamic batching with early exit and compaction, on one worker thread per model.
 
-Policy (the "deepest ready stage first" rule). Every stage k has a FIFO queue: stage 0 holds new
-images, stage k >= 1 holds *parts* (a features tensor still on the device plus the indices of the
-rows that did not exit). A queue is ready when it holds a full batch (max_batch_size rows), when
-its oldest row has waited max_queue_delay_ms, when nothing shallower is queued that could still
-feed it (k >= 1), or when the batcher is stopping. Stage 0 is also ready at once when its rows
-came to an idle worker with every queue empty ("eager"): waiting could not fill that batch, as
-nothing else is in flight, so a lone request never pays the delay. Rows that arrive while the
-worker runs a batch wait as before, so under load batches form behind the running one. The
-worker always runs the deepest ready queue, so rows that continue from several batches pile up
-and are merged into full batches at later stages, and work already paid for leaves the system
-first. After every stage the rows whose softmax maximum reaches their own threshold (the exit
-rule of elf_core.exits) are answered
-at once (their futures are resolved on their event loop) and dropped; the rest go to the next
-queue. Inference never runs on an event loop; ONNX Runtime parallelises inside each run.
-With an Auditor (ELF_AUDIT_RATE > 0), a sample of early answers continues to the final exit
-when every request queue is empty (server/batching/audit.py).
+Every stage k has a FIFO queue: stage 0 holds new images, stage k >= 1 holds *parts* (a features
+tensor still on the device, the indices of its rows that did not exit, and those rows'
+thresholds, arrival times and timings as arrays). Which ready queue runs next is the
+scheduling policy (ELF_SCHEDULING, server/batching/scheduling.py): deepest-first (work already
+paid for leaves first) or age-aware (oldest request first). A queue is ready when it holds a
+full batch, when its head has waited max_queue_delay_ms, when nothing shallower is queued that
+could still feed it (k >= 1), or when the batcher is stopping. Stage 0 is also ready at once when
+its rows came to an idle worker with every queue empty ("eager"): waiting could not fill that
+batch, as nothing else is in flight, so a lone request never pays the delay. Rows that arrive
+while the worker runs a batch wait as before, so under load batches form behind the running one;
+rows that continue from several batches are merged into full batches at later stages. After
+every stage the rows whose softmax maximum reaches their own threshold (the exit rule of
+elf_core.exits) are answered at once (their futures are resolved on their event loop) and
+dropped; the rest go to the next queue. Inference never runs on an event loop; ONNX Runtime
+parallelises inside each run. With an Auditor (ELF_AUDIT_RATE > 0), a sample of early answers
+continues to the final exit when every request queue is empty (server/batching/audit.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -44,6 +45,7 @@ from server.batching.rows import (
     StageExecutor,
     resolve,
 )
+from server.batching.scheduling import Policy, QueueView, Scheduler
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -70,8 +72,10 @@ class Batcher:
         model: str = "model",
         metrics: Metrics | None = None,
         audit: Auditor | None = None,
+        scheduling: Policy = "deepest-first",
     ) -> None:
         self.executor = executor
+        self.scheduler = Scheduler(scheduling, max_batch_size, max_queue_delay_s)
         self.audit = audit
         self.delays: DelayWindow | None = None  # the load controller's input, when it runs
         self.num_stages = executor.num_stages
@@ -86,6 +90,7 @@ class Batcher:
         self._admitted = 0  # rows accepted and not yet answered
         self._busy = False  # the worker holds a batch (from _take until it looks for the next)
         self._eager = False  # queue 0 began with rows that came to an idle, empty batcher
+        self._answered_at = -math.inf  # when answers last went out
         self._closing = False
         self._thread: threading.Thread | None = None
 
@@ -173,22 +178,23 @@ class Batcher:
                     self._cond.wait(self._wait_time(time.perf_counter()))
                     k = self._ready_stage(time.perf_counter())
                 rows: list[Row] = []
-                parts: list[tuple[Any, np.ndarray]] = []
+                parts: list[Part] = []
                 if k is not None:
                     rows, parts = self._take(k)
-                self._busy = bool(rows)
+                self._busy = bool(rows or parts)
                 # An eager burst larger than one batch stays eager until queue 0 is drained.
                 self._eager = self._eager and bool(self._queues[0])
                 self._set_depth()
             if audit_k is not None and self.audit is not None:
                 self.audit.run(audit_k, self.executor, time.perf_counter())
                 continue
-            if k is None or not rows:
+            if k is None or not (rows or parts):
                 continue
             try:
                 self._run(k, rows, parts)
             except Exception as exc:  # a bug here must not kill the worker or hang requests
                 log.exception("batcher %s: internal error at stage %d", self.model, k)
+                rows = rows or [r for p in parts for r in p.rows]
                 self._deliver([(r, exc) for r in rows if not r.answered])
 
     def _audit_stage(self) -> int | None:
@@ -197,31 +203,34 @@ class Batcher:
             return None
         return self.audit.ready_stage(time.perf_counter())
 
+    def _views(self) -> list[QueueView]:
+        views = []
+        for k, q in enumerate(self._queues):
+            if q:
+                head = q[0]
+                views.append(QueueView(k, self._queued[k], head.enqueued_at, head.arrived_at))
+        return views
+
     def _ready_stage(self, now: float) -> int | None:
-        for k in reversed(range(self.num_stages)):
-            q = self._queues[k]
-            if not q:
-                continue
-            if (
-                self._closing
-                or (k == 0 and self._eager)
-                or self._queued[k] >= self.max_batch_size
-                or now - q[0].enqueued_at >= self.delay
-                or (k > 0 and not any(self._queued[:k]))
-            ):
-                return k
-        return None
+        return self.scheduler.pick(
+            self._views(),
+            now,
+            closing=self._closing,
+            eager=self._eager,
+            answered_at=self._answered_at,
+        )
 
     def _wait_time(self, now: float) -> float | None:
-        heads = [q[0].enqueued_at for q in self._queues if q]
-        return max(0.0, min(heads) + self.delay - now) if heads else None
+        return self.scheduler.wait_s(self._views(), now, self._answered_at)
 
-    def _take(self, k: int) -> tuple[list[Row], list[tuple[Any, np.ndarray]]]:
-        """Pop up to max_batch_size live rows from queue k (splitting a part if needed)."""
+    def _take(self, k: int) -> tuple[list[Row], list[Part]]:
+        """Pop up to max_batch_size live rows from queue k (splitting a part if needed).
+        Stage 0 returns rows; deeper stages return parts (their rows ride along)."""
         q = self._queues[k]
         rows: list[Row] = []
-        parts: list[tuple[Any, np.ndarray]] = []
-        while q and len(rows) < self.max_batch_size:
+        parts: list[Part] = []
+        taken = 0
+        while q and taken < self.max_batch_size:
             if k == 0:
                 row = q.popleft()
                 self._queued[0] -= 1
@@ -229,65 +238,62 @@ class Batcher:
                     self._admitted -= 1
                 else:
                     rows.append(row)
+                    taken += 1
                 continue
             part: Part = q[0]
-            room = self.max_batch_size - len(rows)
-            take, rest = part.index[:room], part.index[room:]
-            taken_rows, part.rows = part.rows[:room], part.rows[room:]
-            part.index = rest
-            if rest.size == 0:
+            head = part.split(self.max_batch_size - taken)
+            if part.index.size == 0:
                 q.popleft()
-            self._queued[k] -= take.size
-            live = [i for i, r in enumerate(taken_rows) if not r.cancelled]
-            self._admitted -= take.size - len(live)
+            self._queued[k] -= head.index.size
+            live = [i for i, r in enumerate(head.rows) if not r.cancelled]
+            self._admitted -= head.index.size - len(live)
             if live:
-                parts.append((part.handle, take[live]))
-                rows.extend(taken_rows[i] for i in live)
+                parts.append(head if len(live) == head.index.size else head.select(live))
+                taken += len(live)
         return rows, parts
 
-    def _run(self, k: int, rows: list[Row], parts: list[tuple[Any, np.ndarray]]) -> None:
+    def _batch(self, k: int, rows: list[Row], parts: list[Part], t0: float) -> Part:
+        """Stage k's input on the device (the part's handle) with its rows' bookkeeping."""
+        if k == 0:
+            x = np.stack([r.x for r in rows])  # type: ignore[misc]  # [b, C, H, W]
+            for r in rows:
+                r.x = None  # the batch holds the pixels now
+            return Part.first(self.executor.to_device(x), rows, t0)
+        x = self.executor.merge([(p.handle, p.index) for p in parts])
+        return Part.join(x, parts, t0)
+
+    def _run(self, k: int, rows: list[Row], parts: list[Part]) -> None:
         t0 = time.perf_counter()
-        for r in rows:
-            r.queue_s += t0 - r.enqueued_at
         try:
-            if k == 0:
-                x = self.executor.to_device(np.stack([r.x for r in rows]))  # type: ignore[misc]
-                for r in rows:
-                    r.x = None
-            else:
-                x = self.executor.merge(parts)
-            features, logits = self.executor.run(k, x)
+            batch = self._batch(k, rows, parts, t0)
+            rows = batch.rows
+            features, logits = self.executor.run(k, batch.handle)
         except Exception as exc:
             log.exception("batcher %s: stage %d failed on %d rows", self.model, k, len(rows))
+            rows = rows or [r for p in parts for r in p.rows]
             self._deliver([(r, exc) for r in rows])
             return
         t1 = time.perf_counter()
-        for r in rows:
-            r.compute_s += t1 - t0
-        probs = softmax(logits)
+        batch.compute_s += t1 - t0
+        probs = softmax(logits)  # [b, C]
         last = k == self.num_stages - 1
-        thr = np.array([r.thresholds[k] for r in rows])
-        exits = leaves(probs, thr, last=last)
+        exits = leaves(probs, batch.thresholds[:, k], last=last)
         # Survivors are queued before the answers go out, so that a client answered here and
         # resubmitting at once finds the batcher's true state (see _deliver).
         if self.audit is not None and not last:
             self.audit.select(k, features, np.flatnonzero(exits), probs.argmax(axis=1), t1)
         keep = np.flatnonzero(~exits)
         if keep.size:
-            kept = [rows[i] for i in keep]
-            for r in kept:
-                r.enqueued_at = t1
+            batch.handle = features
+            survivors = batch.select(keep)
+            survivors.enqueued_at = t1
             with self._cond:
-                self._queues[k + 1].append(Part(features, keep.astype(np.int64), kept, t1))
+                self._queues[k + 1].append(survivors)
                 self._queued[k + 1] += keep.size
                 self._set_depth()
-        self._deliver(
-            [
-                (r, RowResult(k, probs[i], r.queue_s, r.compute_s))
-                for i, r in enumerate(rows)
-                if exits[i]
-            ]
-        )
+        done = np.flatnonzero(exits)
+        q_s, c_s = batch.queue_s.tolist(), batch.compute_s.tolist()
+        self._deliver([(rows[i], RowResult(k, probs[i], q_s[i], c_s[i])) for i in done.tolist()])
         self._observe(k, len(rows), t1 - t0)
 
     def _deliver(self, answers: list[tuple[Row, RowResult | BaseException]]) -> None:
@@ -305,6 +311,8 @@ class Batcher:
                     self.delays.observe(value.queue_s)
         with self._cond:  # before the answers are visible: a client may resubmit at once
             self._admitted -= len(answers)
+            if answers:
+                self._answered_at = time.perf_counter()
             # The batch's compute is over: a row submitted from here on meets an idle worker
             # (eager when nothing is queued), not one that looks busy until it loops back.
             self._busy = False

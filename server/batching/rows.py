@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -46,23 +46,88 @@ class RowResult:
 class Row:
     """One image on its way through the stages."""
 
-    x: np.ndarray | None  # [C, H, W], dropped once stage 0 ran
+    x: np.ndarray | None  # [C, H, W]; stage 0 reads it (the row then lives on in a Part)
     thresholds: np.ndarray  # [K] float64; inf = never exit here
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[RowResult]
-    enqueued_at: float
-    queue_s: float = 0.0
-    compute_s: float = 0.0
+    enqueued_at: float  # when the request reached the batcher
     cancelled: bool = False
     answered: bool = False
+
+    @property
+    def arrived_at(self) -> float:
+        return self.enqueued_at
 
 
 @dataclass(eq=False)
 class Part:
+    """Rows that continue past a stage, with their bookkeeping as arrays (no per-row objects
+    are touched on the way through the stages): m rows, in `index` order."""
+
     handle: Any  # features [b, ...] on the device
     index: np.ndarray  # int64 [m]: the rows of `handle` that continue
-    rows: list[Row]  # the m rows, in `index` order
-    enqueued_at: float = field(default=0.0)
+    rows: list[Row]  # the m rows (their futures; cancellation)
+    thresholds: np.ndarray  # float64 [m, K]
+    arrived: np.ndarray  # float64 [m]: when each row's request reached the batcher
+    queue_s: np.ndarray  # float64 [m]: waited in queues so far
+    compute_s: np.ndarray  # float64 [m]: stage runs taken part in so far
+    enqueued_at: float = 0.0  # when the part entered its queue
+
+    @property
+    def arrived_at(self) -> float:
+        return float(self.arrived.min()) if self.arrived.size else self.enqueued_at
+
+    @classmethod
+    def first(cls, handle: Any, rows: list[Row], now: float) -> Part:
+        """Stage 0's batch: `handle` holds the rows' images in order; they waited since arrival."""
+        n = len(rows)
+        arrived = np.fromiter((r.enqueued_at for r in rows), np.float64, n)
+        thresholds = np.stack([r.thresholds for r in rows])
+        return cls(handle, np.arange(n), rows, thresholds, arrived, now - arrived, np.zeros(n))
+
+    @classmethod
+    def join(cls, handle: Any, parts: Sequence[Part], now: float) -> Part:
+        """Stage k's batch: `handle` is the parts' rows merged in order; each waited since its
+        part entered the queue."""
+        return cls(
+            handle,
+            np.arange(sum(p.index.size for p in parts)),
+            [r for p in parts for r in p.rows],
+            np.concatenate([p.thresholds for p in parts]),
+            np.concatenate([p.arrived for p in parts]),
+            np.concatenate([p.queue_s + (now - p.enqueued_at) for p in parts]),
+            np.concatenate([p.compute_s for p in parts]),
+        )
+
+    def split(self, n: int) -> Part:
+        """Remove the first n rows from self and return them as a part of their own."""
+        head = Part(
+            self.handle,
+            self.index[:n],
+            self.rows[:n],
+            self.thresholds[:n],
+            self.arrived[:n],
+            self.queue_s[:n],
+            self.compute_s[:n],
+            self.enqueued_at,
+        )
+        self.index, self.rows = self.index[n:], self.rows[n:]
+        self.thresholds, self.arrived = self.thresholds[n:], self.arrived[n:]
+        self.queue_s, self.compute_s = self.queue_s[n:], self.compute_s[n:]
+        return head
+
+    def select(self, keep: np.ndarray | list[int]) -> Part:
+        """The rows at positions `keep` (same handle)."""
+        return Part(
+            self.handle,
+            self.index[keep],
+            [self.rows[i] for i in keep],
+            self.thresholds[keep],
+            self.arrived[keep],
+            self.queue_s[keep],
+            self.compute_s[keep],
+            self.enqueued_at,
+        )
 
 
 def resolve(pairs: list[tuple[asyncio.Future[RowResult], RowResult | BaseException]]) -> None:

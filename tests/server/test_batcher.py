@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from server.batching.batcher import Batcher, QueueFullError, Row, RowResult, ShuttingDownError
+from server.batching.scheduling import Policy
 from server.metrics import Metrics
 from tests.server.fake_stages import FakeStages, row_inputs
 
@@ -23,7 +24,9 @@ INF = float("inf")
 
 
 @contextmanager
-def running(stages: FakeStages, **kw: float) -> Iterator[Batcher]:
+def running(
+    stages: FakeStages, scheduling: Policy = "deepest-first", **kw: float
+) -> Iterator[Batcher]:
     args = {"max_batch_size": 4, "max_queue_delay_s": 0.001, "max_queue_size": 64}
     args.update(kw)
     batcher = Batcher(
@@ -32,6 +35,7 @@ def running(stages: FakeStages, **kw: float) -> Iterator[Batcher]:
         max_queue_delay_s=args["max_queue_delay_s"],
         max_queue_size=int(args["max_queue_size"]),
         metrics=Metrics(),
+        scheduling=scheduling,
     )
     batcher.start()
     try:

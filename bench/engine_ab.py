@@ -1,0 +1,93 @@
+"""Before/after of the engine's hot path: bench.runner at another commit and at this tree, in turn.
+
+The other commit is exported with `git archive` into runs/ab/<commit>/ (its own server/ and
+bench/, this tree's models and images), and `python -m bench.runner` runs there and here
+alternately (`--rounds` times each, A B A B ...), so both see the same machine state. Each run's
+`batcher` (deepest-first, the policy both commits have) is compared through its ratio to the
+same run's `stages` and "ideal by stage times", which cancels drift between runs.
+
+    python -m bench.engine_ab --base 70109ea --models bundled --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("bench.engine_ab")
+
+
+def export(commit: str, root: Path) -> Path:
+    out = root / commit
+    if not (out / "server").is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", commit], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(out)], input=archive.stdout, check=True)
+    return out
+
+
+def run_runner(src: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    here = Path.cwd()
+    cmd = [sys.executable, "-m", "bench.runner", "--models", *args.models, "--batch-sizes", "32"]
+    cmd += ["--reps", str(args.reps), "--out", str(out.resolve())]
+    cmd += ["--model-dir", str(here / "models/fashion-mnist-lt")]
+    cmd += ["--heavy-model-dir", str(here / "runs/bench-models/resnet50-224")]
+    cmd += ["--image-root", str(here / "runs/bench-images")]
+    env = os.environ | {"PYTHONPATH": str(src.resolve())}
+    subprocess.run(cmd, cwd=src, env=env, check=True)
+    return json.loads((out / "runner.json").read_text(encoding="utf-8"))
+
+
+def batcher_row(result: dict[str, Any], model: str) -> dict[str, float]:
+    m = next(m for m in result["models"] if m["model"] == model)
+    rows = {r["variant"]: r for r in m["rows"] if r["batch"] == 32}
+    b, st = rows["batcher"], rows["stages"]
+    return {
+        "batcher_ms": b["ms_per_image"],
+        "over_stage_ideal": b["ms_per_image"] / b["stage_time_ideal_ms_per_image"],
+        "over_stages": b["ms_per_image"] / st["ms_per_image"],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--base", required=True, help="the commit before the change")
+    p.add_argument("--models", nargs="+", default=["bundled"], choices=["bundled", "heavy"])
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--out", type=Path, default=Path("bench/results/engine_ab.json"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    base = export(args.base, Path("runs/ab"))
+    git = ["git", "rev-parse", "--short", "HEAD"]
+    head = subprocess.run(git, capture_output=True, text=True, check=True)
+    trees = {f"base {args.base}": base, f"head {head.stdout.strip()}": Path.cwd()}
+    got: dict[str, list[dict[str, Any]]] = {k: [] for k in trees}
+    for i in range(args.rounds):
+        for name, src in trees.items():
+            res = run_runner(src, Path("runs/ab/out") / f"{name.split()[0]}-{i}", args)
+            got[name].append({m: batcher_row(res, m) for m in args.models})
+    summary = {
+        name: {
+            m: {k: round(statistics.median(r[m][k] for r in runs), 4) for k in runs[0][m]}
+            for m in args.models
+        }
+        for name, runs in got.items()
+    }
+    result: dict[str, Any] = {
+        "command": " ".join(["python -m bench.engine_ab", *(argv or sys.argv[1:])])
+    }
+    result |= {"rounds": args.rounds, "reps": args.reps, "summary": summary, "runs": got}
+    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    log.info("%s", json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
