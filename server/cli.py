@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from elf_core.manifest import ManifestError
 from server.engine.providers import EngineError, requested_providers
 from server.http_protocol import HeadCappedHttpToolsProtocol
-from server.metrics import prepare_multiprocess
+from server.metrics import MULTIPROC_ENV, prepare_multiprocess
 from server.registry import find_manifests
 from server.settings import Settings, unknown_variables
 
@@ -139,8 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _run(args, settings)
     finally:
-        if made is not None:
+        if made is not None:  # the variable named the directory we made: neither outlives us
             shutil.rmtree(made, ignore_errors=True)
+            os.environ.pop(MULTIPROC_ENV, None)
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> None:

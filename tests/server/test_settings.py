@@ -51,7 +51,11 @@ def test_cli_flags_become_settings(monkeypatch: pytest.MonkeyPatch, tiny_model_d
     monkeypatch.setenv("ELF_MAX_QUEUE_SIZE", "7")  # unset flags leave the environment alone
     monkeypatch.setenv("ELF_MAX_IMAGES_PER_REQUEST", "7")
     m = str(tiny_model_dir)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     cli.main(["--port", "9123", "--model-dir", m, "--max-batch-size", "4", "--workers", "2"])
+    # Two workers made a metrics directory for the run; neither it nor the variable outlives it
+    # (a leaked variable naming a removed directory broke every later app in the process).
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     assert seen["app"] == "server.app:app_from_env" and seen["factory"] is True
     assert seen["port"] == 9123 and seen["workers"] == 2 and seen["host"] == "127.0.0.1"
     s = Settings()
