@@ -3,6 +3,7 @@ calibration step (exit-mix quantiles) in place of the validation-split search.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from bench.heavy_model import CONFIG_FILE, BenchModelConfig, ensure, inputs
 from elf_core.exits import early_exit, softmax
 from elf_core.flops import exit_rates
 from elf_core.manifest import load_manifest
+from model_export.report import CURVE_FILE
 from model_export.runtime import StageChain
 
 
@@ -31,7 +33,10 @@ def test_stand_in_model_is_exported_verified_and_has_the_exit_mix(tmp_path: Path
     assert m.name == "resnet32-28px-random" and m.version == "bench-1"
     assert (out / CONFIG_FILE).is_file() and (out / "full.onnx").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # the staging directory is gone
-    assert m.calibration is not None and m.calibration.curve_file is None
+    # calibration.json holds the threshold curve: the load controller's menu (bench.adaptive).
+    assert m.calibration is not None and m.calibration.curve_file == CURVE_FILE
+    curve = json.loads((out / CURVE_FILE).read_text())
+    assert curve["curve"] and curve["pareto"]
     assert m.calibration.chosen.exit_rates == pytest.approx([0.5, 0.3, 0.2], abs=0.011)
     # The manifest's thresholds, applied with the exit rule to the calibration images through
     # the exported graphs, give that mix again.
