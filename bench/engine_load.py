@@ -28,13 +28,12 @@ import json
 import logging
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench import machine
-from bench.runner import Case, cases, load_case, run_full, run_stages
+from bench.runner import Case, add_model_args, cases, load_case, run_full, run_stages
 from server.batching.batcher import Batcher
 from server.batching.scheduling import POLICIES, Policy
 
@@ -222,10 +221,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--requests", type=int, default=None, help="bundled 4096, heavy 384")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
-    p.add_argument("--model-dir", type=Path, default=Path("models/fashion-mnist-lt"))
-    p.add_argument("--heavy-model-dir", type=Path, default=Path("runs/bench-models/resnet50-224"))
-    p.add_argument("--image-root", type=Path, default=Path("runs/bench-images"))
-    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    add_model_args(p)
     args = p.parse_args(argv)
     args.quick, args.stand_in = False, True
     return args

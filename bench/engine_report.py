@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from bench import machine
+from bench.http_report import mix_text
 
 RESULTS = Path("bench/results")
 MODELS = ("bundled", "heavy")
@@ -37,7 +38,7 @@ def policy_lines(r: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---:|---|---|---|---|",
     ]
     for row in r["rows"]:
-        mix = "/".join(f"{100 * x:.0f}" for x in row["exit_rates"])
+        mix = mix_text(row["exit_rates"])
         lines.append(
             f"| {row['policy']} | {row['images_per_s']:.1f} | {row['p50_ms']:.1f} "
             f"| {row['p99_ms']:.1f} | {row['p99_over_p50']:.2f} | {row['p99_over_p50_all']} "
@@ -60,7 +61,7 @@ def mix_lines(r: dict[str, Any]) -> list[str]:
         "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for row in r["rows"]:
-        mix = "/".join(f"{100 * x:.0f}" for x in row["exit_rates"])
+        mix = mix_text(row["exit_rates"])
         lines.append(
             f"| {row['policy']} | {row['threshold']} | {mix} | {row['flops_ratio']:.3f} "
             f"| {row['ms_per_image']:.3f} | {full * row['flops_ratio']:.3f} "

@@ -36,6 +36,11 @@ GOALS = {"heavy": (1.5, PEERS), "bundled": (2.0, PEERS)}
 LIMIT_GOALS = {"heavy": 0.9, "bundled": 0.6}
 
 
+def mix_text(rates: list[float]) -> str:
+    """An exit mix as percentages, e.g. 50/30/20."""
+    return "/".join(f"{100 * x:.0f}" for x in rates)
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
 
@@ -47,7 +52,7 @@ def table(rows: Sequence[dict[str, Any]]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     for r in sorted(rows, key=lambda r: (list(LABELS).index(r["target"]), r["concurrency"])):
-        mix = "/".join(f"{100 * x:.0f}" for x in r["exit_rates"]) if "exit_rates" in r else "-"
+        mix = mix_text(r["exit_rates"]) if "exit_rates" in r else "-"
         errs = r["non200"] + sum(r["socket_errors"].values())
         out.append(
             f"| {LABELS[r['target']]} | {r['concurrency']} | {r['throughput_rps']:.1f} | "

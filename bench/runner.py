@@ -310,6 +310,14 @@ def cases(args: argparse.Namespace) -> list[tuple[str, Path, ImageSet, int]]:
     return out
 
 
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The model, image and output locations of the engine benches built on `cases`."""
+    p.add_argument("--model-dir", type=Path, default=Path("models/fashion-mnist-lt"))
+    p.add_argument("--heavy-model-dir", type=Path, default=Path("runs/bench-models/resnet50-224"))
+    p.add_argument("--image-root", type=Path, default=Path("runs/bench-images"))
+    p.add_argument("--out", type=Path, default=Path("bench/results"))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

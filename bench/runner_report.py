@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import machine
-from bench.http_report import HEAVY_NOTE
+from bench.http_report import HEAVY_NOTE, mix_text
 
 GOAL_BATCH = 32
 GOAL = 0.9  # realised saving >= 90% of the FLOPs saving at batch 32
@@ -32,7 +32,7 @@ def model_lines(m: dict[str, Any]) -> list[str]:
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in m["rows"]:
-        mix = "/".join(f"{100 * x:.0f}" for x in r["exit_rates"])
+        mix = mix_text(r["exit_rates"])
         lines.append(
             f"| {r['batch']} | {r['variant']} | {r['ms_per_image']:.3f} | {r['images_per_s']:.1f} "
             f"| {r['time_vs_full']:.3f} | {r['flops_ratio']:.3f} | {r['ideal_ms_per_image']:.3f} "

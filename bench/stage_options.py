@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench import machine
-from bench.runner import cases, load_case
+from bench.runner import add_model_args, cases, load_case
 from server.settings import available_cpus
 
 log = logging.getLogger("bench.stage_options")
@@ -110,10 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", nargs="+", default=["bundled"], choices=["bundled", "heavy"])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--model-dir", type=Path, default=Path("models/fashion-mnist-lt"))
-    p.add_argument("--heavy-model-dir", type=Path, default=Path("runs/bench-models/resnet50-224"))
-    p.add_argument("--image-root", type=Path, default=Path("runs/bench-images"))
-    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    add_model_args(p)
     args = p.parse_args(argv)
     args.quick, args.stand_in = False, True
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
