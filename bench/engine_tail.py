@@ -266,6 +266,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--requests", type=int, default=None, help="bundled 4096, heavy 384")
+    p.add_argument("--name", default="engine_tail", help="result file: OUT/NAME_MODEL.json")
     add_model_args(p)
     args = p.parse_args(argv)
     args.quick, args.stand_in = False, True
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
             "wall_s": round(time.monotonic() - t0, 1),
         }
         args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"engine_tail_{key}.json"
+        path = args.out / f"{args.name}_{key}.json"
         path.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
         log.info("wrote %s", path)
         case.loop.close()
