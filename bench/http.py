@@ -42,6 +42,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,19 +79,26 @@ class ModelCase:
 
 
 def elf_spec(
-    name: str, model_dir: Path, extra_env: list[str], compare_src: Path | None
+    name: str,
+    model_dir: Path,
+    extra_env: list[str],
+    compare_src: Path | None,
+    compare_env: Sequence[str] = (),
 ) -> ServerSpec:
     """elf-serve: "elf" (1 worker), "elf-2w" (2 workers), "elf-compare" (the code in
-    compare_src, e.g. `git archive <commit>` unpacked, for before/after numbers in one run)."""
+    compare_src, e.g. `git archive <commit>` unpacked, and/or the settings compare_env, for
+    before/after numbers in one run)."""
     elf_serve = Path(sys.executable).parent / "elf-serve"
     env = {"ELF_PROVIDERS": "cpu", "ELF_LOG_LEVEL": "warning", "ELF_WORKERS": "1"}
     env |= dict(item.split("=", 1) for item in extra_env)
     if name == "elf-2w":
         env["ELF_WORKERS"] = "2"
     if name == "elf-compare":
-        if compare_src is None:
-            sys.exit("target elf-exits-compare needs --compare-src DIR")
-        env["PYTHONPATH"] = str(compare_src.resolve())
+        if compare_src is None and not compare_env:
+            sys.exit("target elf-exits-compare needs --compare-src DIR or --compare-env")
+        if compare_src is not None:
+            env["PYTHONPATH"] = str(compare_src.resolve())
+        env |= dict(item.split("=", 1) for item in compare_env)
     return ServerSpec(
         name, [str(elf_serve), "--model-dir", str(model_dir)], "/v2/health/ready", env
     )
@@ -293,7 +301,7 @@ def run_server(
     image_list: Path,
 ) -> list[dict[str, Any]]:
     spec = (
-        elf_spec(server_name, case.model_dir, args.elf_env, args.compare_src)
+        elf_spec(server_name, case.model_dir, args.elf_env, args.compare_src, args.compare_env)
         if server_name.startswith("elf")
         else baseline_spec(server_name, case.model_dir, args.log_dir)
     )
@@ -408,6 +416,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         default=None,
         help="source tree for target elf-exits-compare (before/after in one run)",
+    )
+    p.add_argument(
+        "--compare-env",
+        nargs="+",
+        default=[],
+        metavar="ELF_X=V",
+        help="settings for target elf-exits-compare only (this tree unless --compare-src)",
     )
     p.add_argument("--name", default="http", help="results file stem (default http)")
     p.add_argument(
