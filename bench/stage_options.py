@@ -5,7 +5,8 @@ Each stage graph (and full.onnx) is timed with graph optimisation levels basic /
 then pays at its input and output), and intra-op threads 1 and all CPUs; the stage's input is
 the previous stage's features from the server's own sessions. Variants interleaved, medians.
 
-    python -m bench.stage_options --models bundled heavy    # bench/results/stage_options.{json,md}
+    python -m bench.stage_options --models bundled          # bench/results/stage_options.{json,md}
+    python -m bench.stage_options --models heavy --reps 3   # adds the heavy model (~4 min)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import onnxruntime as ort
 
 from bench import machine
 from bench.runner import add_model_args, cases, load_case
+from bench.stage_precision_report import merge_result
 from server.settings import available_cpus
 
 log = logging.getLogger("bench.stage_options")
@@ -82,10 +84,6 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Stage graphs' time against ONNX Runtime session options (bench/stage_options.py)",
         "",
-        f"Command: `{result['command']}`",
-        "",
-        machine.markdown(result["machine"]),
-        "",
     ]
     for m in result["models"]:
         variants = sorted({(r["level"], r["threads"]) for r in m["rows"]})
@@ -98,10 +96,23 @@ def markdown(result: dict[str, Any]) -> str:
             "| graph | " + " | ".join(f"{lv}, {t} thr" for lv, t in variants) + " |",
             "|---|" + "---:|" * len(variants),
         ]
+        lines[-2:-2] = [f"Command: `{m['command']}`", "", machine.markdown(m["machine"]), ""]
         for g in graphs:
             cells = [f"{ms[(g, lv, t)]:.4f}" for lv, t in variants]
             lines.append(f"| {g} | " + " | ".join(cells) + " |")
-        lines.append("")
+        stages = [g for g in graphs if g != "full"]
+        total = {v: sum(ms[(g, *v)] for g in stages) for v in variants}
+        lines.append("| stages sum | " + " | ".join(f"{total[v]:.4f}" for v in variants) + " |")
+        ratio = [f"{total[v] / ms[('full', *v)]:.3f}" for v in variants]
+        lines += ["| stages sum / full | " + " | ".join(ratio) + " |", ""]
+        best = [min(variants, key=lambda v: ms[(g, *v)]) for g in stages]
+        t_best = sum(ms[(g, *v)] for g, v in zip(stages, best, strict=True))
+        lines += [
+            "Fastest setting per stage: "
+            + ", ".join(f"{g} {lv}/{t} thr" for g, (lv, t) in zip(stages, best, strict=True))
+            + f"; stages sum with each at its fastest {t_best:.4f} ms/image.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -114,18 +125,19 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     args.quick, args.stand_in = False, True
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    result: dict[str, Any] = {"command": machine.command_line(), "machine": machine.facts()}
-    result["models"] = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "stage_options.json"
     for key, model_dir, images, _ in cases(args):
+        facts = machine.facts()
         case = load_case(key, model_dir, images, [args.batch], [args.batch])
         calls = 20 if key == "bundled" else 1
         rows = measure(case, args.batch, args.reps, calls)
-        result["models"].append(
-            {"model": key, "batch": args.batch, "reps": args.reps, "calls": calls, "rows": rows}
-        )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "stage_options.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "stage_options.md").write_text(markdown(result), encoding="utf-8")
+        entry: dict[str, Any] = {"model": key, "command": machine.command_line()}
+        entry["machine"] = facts
+        entry |= {"batch": args.batch, "reps": args.reps, "calls": calls, "rows": rows}
+        result = merge_result(path, entry)  # the other model's entry stays
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        (args.out / "stage_options.md").write_text(markdown(result), encoding="utf-8")
 
 
 if __name__ == "__main__":
