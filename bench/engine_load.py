@@ -28,6 +28,7 @@ import json
 import logging
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,15 +43,20 @@ log = logging.getLogger("bench.engine_load")
 SWEEP = (2.0, 0.999, 0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.0)  # one threshold at every early exit
 
 
-def new_batcher(case: Case, policy: Policy, b: int, queue: int) -> Batcher:
+def new_batcher(
+    case: Case, policy: Policy, b: int, queue: int, *, delay_s: float = 0.002, start: bool = True
+) -> Batcher:
+    """The server's Batcher on the case's runner; `start=False` leaves it to the caller (to
+    instrument it first, as bench.engine_tail does)."""
     batcher = Batcher(
         case.runner,
         max_batch_size=b,
-        max_queue_delay_s=0.002,
+        max_queue_delay_s=delay_s,
         max_queue_size=queue,
         scheduling=policy,
     )
-    batcher.start()
+    if start:
+        batcher.start()
     return batcher
 
 
@@ -112,21 +118,43 @@ def measure_policy(
                 batcher.stop(30.0)
             runs[p].append(out | {"batch_per_stage": sizes})
             log.info("%s %s rep %d: %s", case.key, p, rep, {k: out[k] for k in list(out)[:3]})
-    rows = []
-    for name, rs in runs.items():
-        med = {k: statistics.median(r[k] for r in rs) for k in ("images_per_s", "p50_ms", "p99_ms")}
-        rows.append(
-            {
-                "policy": name,
-                **{k: round(v, 3) for k, v in med.items()},
-                "p99_over_p50": round(med["p99_ms"] / med["p50_ms"], 3),
-                "p99_over_p50_all": [round(r["p99_ms"] / r["p50_ms"], 3) for r in rs],
-                "images_per_s_all": [round(r["images_per_s"], 1) for r in rs],
-                "batch_per_stage": rs[-1]["batch_per_stage"],
-                "exit_rates": [round(float(v), 4) for v in rs[-1]["exit_rates"]],
-            }
-        )
+    rows = [
+        {"policy": name, **closed_loop_row(rs, 3)}
+        | {"exit_rates": [round(float(v), 4) for v in rs[-1]["exit_rates"]]}
+        for name, rs in runs.items()
+    ]
     return {"concurrency": concurrency, "requests": requests, "reps": reps, "rows": rows}
+
+
+def closed_loop_row(rs: list[dict[str, Any]], ndigits: int) -> dict[str, Any]:
+    """One variant's closed-loop repetitions: medians of images/s, p50, p99 (rounded to
+    `ndigits`), the p99/p50 ratio of the medians and of each repetition, the last batch sizes."""
+    med = {k: statistics.median(r[k] for r in rs) for k in ("images_per_s", "p50_ms", "p99_ms")}
+    return {
+        **{k: round(v, ndigits) for k, v in med.items()},
+        "p99_over_p50": round(med["p99_ms"] / med["p50_ms"], 3),
+        "p99_over_p50_all": [round(r["p99_ms"] / r["p50_ms"], 3) for r in rs],
+        "images_per_s_all": [round(r["images_per_s"], 1) for r in rs],
+        "batch_per_stage": rs[-1]["batch_per_stage"],
+    }
+
+
+def write_result(
+    res: dict[str, Any], case: Case, facts: dict[str, Any], t0: float, path: Path
+) -> None:
+    """A measurement's JSON with what made it: model, command, the machine's facts (taken before
+    measuring: they hold the load average at the start), wall time since t0."""
+    res |= {
+        "model": case.key,
+        "name": case.manifest.name,
+        "images": len(case.x),
+        "command": machine.command_line(),
+        "machine": facts,
+        "wall_s": round(time.monotonic() - t0, 1),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
+    log.info("wrote %s", path)
 
 
 def burst(case: Case, policy: Policy, b: int, thr: np.ndarray) -> tuple[float, np.ndarray]:
@@ -242,18 +270,7 @@ def main(argv: list[str] | None = None) -> None:
                 res = measure_exit_mix(case, args.reps)
             else:
                 res = measure_batch(case, args.reps, sorted(args.batch_sizes))
-            res |= {
-                "model": key,
-                "name": case.manifest.name,
-                "images": len(case.x),
-                "command": machine.command_line(),
-                "machine": facts,
-                "wall_s": round(time.monotonic() - t0, 1),
-            }
-            args.out.mkdir(parents=True, exist_ok=True)
-            path = args.out / f"engine_{what}_{key}.json"
-            path.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
-            log.info("wrote %s", path)
+            write_result(res, case, facts, t0, args.out / f"engine_{what}_{key}.json")
         case.loop.close()
 
 

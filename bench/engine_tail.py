@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import statistics
 import time
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from bench import machine
+from bench.engine_load import closed_loop_row, new_batcher, write_result
 from bench.runner import Case, add_model_args, cases, load_case
 from server.batching.batcher import Batcher
 from server.batching.rows import Part, Row, StageExecutor
@@ -189,12 +189,8 @@ def decompose(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def run_variant(
     case: Case, v: Variant, concurrency: int, requests: int
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    batcher = Batcher(
-        case.runner,
-        max_batch_size=v.max_batch,
-        max_queue_delay_s=v.delay_ms / 1e3,
-        max_queue_size=4 * concurrency,
-        scheduling=v.policy,
+    batcher = new_batcher(
+        case, v.policy, v.max_batch, 4 * concurrency, delay_s=v.delay_ms / 1e3, start=False
     )
     events: list[tuple[int, float, float, list[int]]] = []
     _instrument(batcher, events)
@@ -239,21 +235,14 @@ def measure(
                 "%s rep %d: %.1f images/s, p50 %.0f ms, p99 %.0f ms",
                 v.name, rep, summary["images_per_s"], summary["p50_ms"], summary["p99_ms"],
             )  # fmt: skip
-    out = []
-    for name, rs in runs.items():
-        med = {k: statistics.median(r[k] for r in rs) for k in ("images_per_s", "p50_ms", "p99_ms")}
-        out.append(
-            {
-                "variant": name,
-                **{k: round(v, 2) for k, v in med.items()},
-                "p99_over_p50": round(med["p99_ms"] / med["p50_ms"], 3),
-                "p99_over_p50_all": [round(r["p99_ms"] / r["p50_ms"], 3) for r in rs],
-                "images_per_s_all": [round(r["images_per_s"], 1) for r in rs],
-                "batch_per_stage": rs[-1]["batch_per_stage"],
-                "stage_ms_per_image": [r["stage_ms_per_image_p10_p50_p90"] for r in rs],
-                "decomposition": decompose(detail[name]),
-            }
-        )
+    out = [
+        {"variant": name, **closed_loop_row(rs, 2)}
+        | {
+            "stage_ms_per_image": [r["stage_ms_per_image_p10_p50_p90"] for r in rs],
+            "decomposition": decompose(detail[name]),
+        }
+        for name, rs in runs.items()
+    ]
     return {"concurrency": concurrency, "requests": requests, "reps": reps, "rows": out}
 
 
@@ -283,17 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         requests = args.requests or (4096 if key == "bundled" else 384)
         t0 = time.monotonic()
         res = measure(case, variants, args.reps, args.concurrency, requests)
-        res |= {
-            "model": key,
-            "name": case.manifest.name,
-            "command": machine.command_line(),
-            "machine": facts,
-            "wall_s": round(time.monotonic() - t0, 1),
-        }
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"{args.name}_{key}.json"
-        path.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
-        log.info("wrote %s", path)
+        write_result(res, case, facts, t0, args.out / f"{args.name}_{key}.json")
         case.loop.close()
 
 
