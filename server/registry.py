@@ -149,6 +149,7 @@ def load_model(
         (pre.channels, pre.height, pre.width),
         max_batch_size=b,
         tolerance=settings.batch_cap_tolerance,
+        policy=settings.scheduling,
         model=manifest.name,
     )
     audit = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.batching.batch_cap import (
+    BurstTimer,
     auto_cap,
     batch_cap,
     candidate_sizes,
-    chain_timer,
     choose_cap,
     time_per_image,
 )
@@ -22,8 +22,8 @@ from tests.server.conftest import make_settings
 
 
 def test_candidates_stop_at_the_max_and_include_it() -> None:
-    assert candidate_sizes(32) == [1, 2, 4, 8, 12, 16, 24, 32]
-    assert candidate_sizes(20) == [1, 2, 4, 8, 12, 16, 20]
+    assert candidate_sizes(32) == [1, 2, 4, 8, 16, 32]
+    assert candidate_sizes(20) == [1, 2, 4, 8, 16, 20]
     assert candidate_sizes(1) == [1]
     with pytest.raises(ValueError, match="max_batch_size"):
         candidate_sizes(0)
@@ -56,8 +56,8 @@ def test_bad_timings_are_refused(per_image: dict[int, float], tolerance: float, 
 
 
 class ScriptedTimer:
-    """Seconds per pass: overhead + per_row * b; the first pass of each size (untimed) and the
-    passes listed in `slow` (by call number) take 100x longer."""
+    """Seconds per pass of 2 b images: 2 (overhead + per_row * b); the passes listed in `slow`
+    (by call number) take 100x longer."""
 
     def __init__(self, overhead: float, per_row: float, slow: frozenset[int] = frozenset()) -> None:
         self.overhead, self.per_row, self.slow = overhead, per_row, slow
@@ -65,21 +65,26 @@ class ScriptedTimer:
 
     def __call__(self, b: int) -> float:
         self.calls.append(b)
-        t = self.overhead + self.per_row * b
-        first = self.calls.count(b) == 1
-        return 100 * t if first or len(self.calls) - 1 in self.slow else t
+        t = 2 * (self.overhead + self.per_row * b)
+        return 100 * t if len(self.calls) - 1 in self.slow else t
 
 
-def test_timing_warms_each_size_interleaves_and_keeps_the_fastest_pass() -> None:
-    timer = ScriptedTimer(1.0, 0.5, slow=frozenset({3, 7}))  # 3: 1st timed b1, 7: 2nd b2
-    got = time_per_image(timer, [1, 2, 4], reps=2)
-    assert timer.calls == [1, 2, 4, 1, 2, 4, 1, 2, 4]
+def test_timing_interleaves_sizes_and_keeps_the_fastest_pass_per_image() -> None:
+    timer = ScriptedTimer(1.0, 0.5, slow=frozenset({0, 4}))  # 0: 1st b1, 4: 2nd b2
+    got = time_per_image(timer, [1, 2, 4], reps=2, min_seconds=0.0)
+    assert timer.calls == [1, 2, 4, 1, 2, 4]
     assert got == {1: 1.5, 2: 1.0, 4: 0.75}
     with pytest.raises(ValueError, match="reps"):
         time_per_image(timer, [1], reps=0)
 
 
-def test_auto_cap_follows_the_batch_efficiency_of_the_graphs() -> None:
+def test_short_passes_repeat_until_the_minimum_time_is_spent() -> None:
+    timer = ScriptedTimer(0.0, 0.01)  # a round of sizes 1 and 4 takes 0.1 s
+    time_per_image(timer, [1, 4], reps=2, min_seconds=0.55)
+    assert len(timer.calls) == 2 * 6  # 6 rounds: 0.5 s after 5, 0.6 after 6
+
+
+def test_auto_cap_follows_the_batch_efficiency_of_the_engine() -> None:
     # Overhead-bound (a small model on a CPU): per image 1/b + 0.1; only 32 is within 5%.
     small = auto_cap(ScriptedTimer(1.0, 0.1), 32, 0.05)
     assert small.size == 32 and small.rule == "auto" and small.tolerance == 0.05
@@ -91,13 +96,15 @@ def test_auto_cap_follows_the_batch_efficiency_of_the_graphs() -> None:
 
 
 class ClockedStages:
-    """A stage executor on a manual clock: stage k of a batch of b costs (k + 1) * b ticks."""
+    """A stage executor on a manual clock: stage k of a batch of b costs (k + 1) * b ticks.
+    Runs on the batcher's worker thread; the test reads the clock after the burst's answers."""
 
     num_stages = 3
 
     def __init__(self) -> None:
         self.now = 0.0
         self.shapes: list[tuple[int, ...]] = []
+        self.runs: list[tuple[int, int]] = []  # (stage, rows) per run
 
     def clock(self) -> float:
         return self.now
@@ -108,17 +115,25 @@ class ClockedStages:
 
     def run(self, k: int, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
         self.now += (k + 1) * len(x)
+        self.runs.append((k, len(x)))
         return (x if k < self.num_stages - 1 else None), np.zeros((len(x), 2), np.float32)
 
-    def merge(self, parts: object) -> object:
-        raise AssertionError("timing never merges")
+    def merge(self, parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        return np.concatenate([h[rows] for h, rows in parts])
 
 
-def test_the_chain_timer_runs_every_stage_on_synthetic_input() -> None:
+def test_the_burst_timer_runs_the_batcher_to_the_last_exit_on_synthetic_input() -> None:
     stages = ClockedStages()
-    timer = chain_timer(stages, (1, 28, 28), stages.clock)
-    assert timer(4) == 24.0 and timer(1) == 6.0  # (1 + 2 + 3) ticks per row
-    assert stages.shapes == [(4, 1, 28, 28), (1, 1, 28, 28)]
+    timer = BurstTimer(stages, (1, 28, 28), "age-aware", stages.clock)
+    try:
+        # 2 b rows in batches of b: per stage 2 batches of b rows, stage k costs (k + 1) ticks
+        # per row: 2 b (1 + 2 + 3) ticks in all.
+        assert timer(4) == 48.0 and timer(1) == 12.0
+    finally:
+        timer.close()
+    # Nothing exits early (thresholds inf), every stage runs full batches.
+    assert sorted(stages.runs) == sorted([(k, b) for b in (4, 1) for k in range(3) for _ in "ab"])
+    assert stages.shapes == [(4, 1, 28, 28)] * 2 + [(1, 1, 28, 28)] * 2
 
 
 def test_the_max_rule_measures_nothing() -> None:
