@@ -50,9 +50,10 @@ class Settings(BaseSettings):
     batch_cap_tolerance: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
     # How long the oldest waiting row may wait for a fuller batch, at every stage.
     max_queue_delay_ms: Annotated[float, Field(ge=0.0)] = 2.0
-    # Which ready stage queue runs next (server/batching/scheduling.py): deepest-first (work
-    # already paid for leaves first) or age-aware (oldest request first; flat tail latency).
-    scheduling: Literal["deepest-first", "age-aware"] = "deepest-first"
+    # Which ready stage queue runs next (server/batching/scheduling.py): age-aware (oldest request
+    # first: full rounds, flatter tail, more images/s in every closed-loop run of
+    # bench/results/engine_notes.md) or deepest-first (work already paid for leaves first).
+    scheduling: Literal["deepest-first", "age-aware"] = "age-aware"
     # Images admitted and not yet answered, per model; beyond it requests get 503.
     max_queue_size: PositiveInt = 1024
     request_timeout_s: Annotated[float, Field(gt=0.0)] = 30.0

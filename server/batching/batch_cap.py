@@ -154,7 +154,7 @@ def batch_cap(
     *,
     max_batch_size: int,
     tolerance: float,
-    policy: Policy = "deepest-first",
+    policy: Policy = "age-aware",
     model: str = "model",
 ) -> BatchCap:
     """ELF_BATCH_CAP for one model: `max` -> max_batch_size; `auto` -> measured now."""

@@ -1,21 +1,21 @@
 """Dynamic batching with early exit and compaction, on one worker thread per model.
 
 Every stage k has a FIFO queue: stage 0 holds new images, stage k >= 1 holds *parts* (a features
-tensor still on the device, the indices of its rows that did not exit, and those rows'
-thresholds, arrival times and timings as arrays). Which ready queue runs next is the
-scheduling policy (ELF_SCHEDULING, server/batching/scheduling.py): deepest-first (work already
-paid for leaves first) or age-aware (oldest request first). A queue is ready when it holds a
-full batch, when its head has waited max_queue_delay_ms, when nothing shallower is queued that
-could still feed it (k >= 1), or when the batcher is stopping. Stage 0 is also ready at once when
-its rows came to an idle worker with every queue empty ("eager"): waiting could not fill that
-batch, as nothing else is in flight, so a lone request never pays the delay. Rows that arrive
-while the worker runs a batch wait as before, so under load batches form behind the running one;
-rows that continue from several batches are merged into full batches at later stages. After
-every stage the rows whose softmax maximum reaches their own threshold (the exit rule of
-elf_core.exits) are answered at once (their futures are resolved on their event loop) and
-dropped; the rest go to the next queue. Inference never runs on an event loop; ONNX Runtime
-parallelises inside each run. With an Auditor (ELF_AUDIT_RATE > 0), a sample of early answers
-continues to the final exit when every request queue is empty (server/batching/audit.py).
+tensor still on the device, the indices of its rows that did not exit, and those rows' thresholds,
+arrival times and timings as arrays). Which ready queue runs next is the scheduling policy
+(ELF_SCHEDULING, server/batching/scheduling.py): age-aware (oldest request first, the default) or
+deepest-first (work already paid for leaves first). A queue is ready when it holds a full batch,
+when its head has waited max_queue_delay_ms, when nothing shallower is queued that could still feed
+it (k >= 1), or when the batcher is stopping. Stage 0 is also ready at once when its rows came to
+an idle worker with every queue empty ("eager"): waiting could not fill that batch, as nothing else
+is in flight, so a lone request never pays the delay. Rows that arrive while the worker runs a
+batch wait as before, so under load batches form behind the running one; rows that continue from
+several batches are merged into full batches at later stages. After every stage the rows whose
+softmax maximum reaches their own threshold (the exit rule of elf_core.exits) are answered at once
+(their futures are resolved on their event loop) and dropped; the rest go to the next queue.
+Inference never runs on an event loop; ONNX Runtime parallelises inside each run. With an Auditor
+(ELF_AUDIT_RATE > 0), a sample of early answers continues to the final exit when every request
+queue is empty (server/batching/audit.py).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class Batcher:
         model: str = "model",
         metrics: Metrics | None = None,
         audit: Auditor | None = None,
-        scheduling: Policy = "deepest-first",
+        scheduling: Policy = "age-aware",
     ) -> None:
         self.executor = executor
         self.scheduler = Scheduler(scheduling, max_batch_size, max_queue_delay_s)

@@ -111,7 +111,7 @@ def test_both_policies_answer_every_row_at_its_exit_with_its_stage_times(policy:
 
 
 def test_the_setting_names_the_policy_and_refuses_others() -> None:
-    assert Settings().scheduling == "deepest-first"
+    assert Settings().scheduling == "age-aware"
     assert Settings(scheduling="age-aware").scheduling == "age-aware"
     with pytest.raises(ValidationError):
         Settings(scheduling="shortest-first")  # type: ignore[arg-type]
