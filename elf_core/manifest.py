@@ -122,6 +122,23 @@ class Calibration(_Frozen):
     test_plain_chosen: CalibrationPoint | None = None
 
 
+class Quantization(_Frozen):
+    """How `elf-export quantize` made this directory from a float32 one (absent: float32)."""
+
+    precision: str  # "int8-u8" | "int8": the stage graphs' arithmetic; interfaces stay float32
+    method: str
+    calibration_split: str = "train"  # activation ranges; thresholds are chosen on validation
+    calibration_images: Annotated[int, Field(gt=0)]
+    source: str  # the float32 directory's "name v version"
+    source_stage_sha256: list[str]
+    # Validation images where this directory and the float32 source give the same class: at the
+    # final exit alone, and as served (each at its own thresholds).
+    final_agreement: Probability
+    served_agreement: Probability
+    command: str | None = None
+    created: str | None = None
+
+
 class Provenance(_Frozen):
     dataset: str
     method: str
@@ -131,6 +148,7 @@ class Provenance(_Frozen):
     commit: str | None = None
     command: str | None = None
     created: str | None = None
+    quantization: Quantization | None = None
 
 
 class Manifest(_Frozen):

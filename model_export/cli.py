@@ -4,6 +4,7 @@ elf-export --checkpoint runs/x/checkpoint.pt --out models/NAME [--tolerance 0.00
 elf-export calibrate --model-dir models/NAME [--tolerance 0.005] [--tail-tolerance 0.01
     [--protect-classes 7,8,9]]
 elf-export retrofit --onnx MODEL.onnx --data-root DIR [--cuts auto|NAME ...] --out models/NAME
+elf-export quantize --model-dir models/NAME --out models/NAME-int8 [--precision int8-u8|int8]
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 from elf_core.calibration import CalibrationError
 from elf_core.manifest import MODEL_NAME_PATTERN, ManifestError
 from model_export.export import ExportConfig, export_checkpoint
+from model_export.quantize_cli import quantize_config, quantize_parser, quantize_summary
+from model_export.quantize_run import QuantizeError, quantize_model
 from model_export.recalibrate import recalibrate
 from model_export.report import summary_table
 from model_export.retrofit.cli import retrofit_config, retrofit_parser
@@ -98,7 +101,8 @@ def export_parser() -> argparse.ArgumentParser:
         prog="elf-export",
         description="Export a trained ELF checkpoint to a verified, calibrated model directory. "
         "Use `elf-export calibrate --help` to recalibrate an existing one, `elf-export retrofit "
-        "--help` to add early exits to an existing ONNX classifier.",
+        "--help` to add early exits to an existing ONNX classifier, `elf-export quantize --help` "
+        "to make an int8 copy of a model directory.",
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pt)")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
@@ -150,6 +154,7 @@ _USER_ERRORS = (
     CheckpointError,
     OSError,
     RetrofitError,
+    QuantizeError,
 )
 
 
@@ -159,6 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = calibrate_parser()
         a = _checked(parser, parser.parse_args(args_list[1:]))
         work = functools.partial(_calibrate, a)
+    elif args_list[:1] == ["quantize"]:
+        parser = quantize_parser(_tolerance, _name)
+        a = parser.parse_args(args_list[1:])
+        work = functools.partial(_quantize, a, args_list)
     elif args_list[:1] == ["retrofit"]:
         parser = retrofit_parser(_common)
         a = _checked(parser, parser.parse_args(args_list[1:]))
@@ -236,6 +245,16 @@ def _retrofit(a: argparse.Namespace, argv: list[str]) -> int:
     )
     _say("wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in res.seconds.items()))
     _say(summary_table(res.calibration))
+    return 0
+
+
+def _quantize(a: argparse.Namespace, argv: list[str]) -> int:
+    _setup_logging(a.log_level)
+    res = quantize_model(a.model_dir, quantize_config(a, shlex.join(["elf-export", *argv])))
+    _say(f"\nquantized {res.source.name} -> {res.manifest.name} in {res.model_dir}")
+    _say(quantize_summary(res))
+    if res.manifest.calibration is not None:
+        _say(summary_table(res.outcome))
     return 0
 
 

@@ -12,7 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from bench.stage_precision_report import markdown, merge_result, mix_cost, verdicts
-from bench.stage_variants import ArrayReader, build_variant, stage_inputs
+from bench.stage_variants import build_variant
+from model_export.quantize import ArrayReader, stage_inputs
 from model_export.runtime import StageChain
 
 
