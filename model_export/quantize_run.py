@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ import torch
 
 from elf_core.exits import early_exit
 from elf_core.manifest import (
+    MODEL_NAME_PATTERN,
     Manifest,
     Quantization,
     TensorSpec,
@@ -166,6 +168,9 @@ def quantize_model(src_dir: Path, cfg: QuantizeConfig) -> QuantizeResult:
         raise FileExistsError(f"{out}: exists; elf-export quantize writes a new directory")
     if out.resolve() == src_dir.resolve() or src_dir.resolve() in out.resolve().parents:
         raise QuantizeError(f"{out}: must not be inside the source directory {src_dir}")
+    if not re.fullmatch(MODEL_NAME_PATTERN, cfg.name or out.name):
+        raise QuantizeError(f"model name {cfg.name or out.name!r}: letters, digits, '.', '_', '-'"
+                            " only (pass --name)")  # fmt: skip
     src = load_manifest(src_dir)  # verifies every file's sha256
     if src.provenance.quantization is not None:
         raise QuantizeError(

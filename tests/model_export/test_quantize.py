@@ -15,10 +15,12 @@ import onnx
 import pytest
 
 from elf_core.exits import early_exit, softmax
-from elf_core.manifest import MANIFEST_FILE, load_manifest, sha256_file
+from elf_core.manifest import MANIFEST_FILE, Manifest, load_manifest, sha256_file
+from model_export.calibrate_run import split_probs
 from model_export.cli import main
 from model_export.quantize_run import QuantizeConfig, QuantizeError, quantize_model
 from model_export.runtime import StageChain
+from model_export.splits import model_splits
 from tests.model_export.conftest import Exported
 from tests.server.live import live_server
 
@@ -98,9 +100,6 @@ def test_manifest_records_quantization(exported: Exported, quantized: tuple[Path
 
 def test_served_agreement_matches_offline(exported: Exported, quantized: tuple[Path, str]) -> None:
     """The recorded final-exit agreement is what the two directories' graphs give on validation."""
-    from model_export.calibrate_run import split_probs  # noqa: PLC0415
-    from model_export.splits import model_splits  # noqa: PLC0415
-
     out, _ = quantized
     src, dst = load_manifest(exported.model_dir), load_manifest(out)
     splits = model_splits(out, dst)
@@ -128,7 +127,9 @@ def test_refuses_existing_out_and_requantizing(
         quantize_model(exported.model_dir, QuantizeConfig(out=out, progress=False))
     with pytest.raises(QuantizeError, match="already quantized"):
         quantize_model(out, QuantizeConfig(out=tmp_path / "again", progress=False))
-    assert not (tmp_path / "again").exists()
+    with pytest.raises(QuantizeError, match="model name"):
+        quantize_model(exported.model_dir, QuantizeConfig(out=tmp_path / "a b", progress=False))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_agreement_floor_fails_and_leaves_nothing(exported: Exported, tmp_path: Path) -> None:
@@ -183,3 +184,13 @@ def test_elf_serve_serves_quantized_dir(quantized: tuple[Path, str], tmp_path: P
     assert got == list(zip(pred.tolist(), exits.tolist(), strict=True))
     assert detail["provenance"]["quantization"]["precision"] == "int8-u8"
     assert (out / MANIFEST_FILE).is_file()
+
+
+def test_manifests_without_quantization_still_load(exported: Exported) -> None:
+    """Manifests written before provenance.quantization existed (no key) load as float32."""
+    raw = json.loads((exported.model_dir / MANIFEST_FILE).read_text())
+    raw["provenance"].pop("quantization", None)
+    assert Manifest.model_validate(raw).provenance.quantization is None
+    bundled = Path(__file__).resolve().parents[2] / "models" / "fashion-mnist-lt"
+    assert "quantization" not in json.loads((bundled / MANIFEST_FILE).read_text())["provenance"]
+    assert load_manifest(bundled).provenance.quantization is None
