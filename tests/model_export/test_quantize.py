@@ -194,3 +194,18 @@ def test_manifests_without_quantization_still_load(exported: Exported) -> None:
     bundled = Path(__file__).resolve().parents[2] / "models" / "fashion-mnist-lt"
     assert "quantization" not in json.loads((bundled / MANIFEST_FILE).read_text())["provenance"]
     assert load_manifest(bundled).provenance.quantization is None
+
+
+def test_cli_errors_are_one_line(
+    exported: Exported, quantized: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = quantized
+    args = ["quantize", "--model-dir", str(exported.model_dir), "--out", str(out)]
+    assert main([*args, "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"elf-export quantize: error: {out}: exists; elf-export quantize writes a new "
+                   "directory"]  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--precision", "fp16"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
