@@ -1,5 +1,6 @@
-"""Edge cases probed from outside, against a real elf-serve process (uvicorn and Granian): non-finite and
-huge numbers, clients that hang up or stall, oversized request heads, shutdown mid-body."""
+"""Edge cases probed from outside, against a real elf-serve process (uvicorn and Granian):
+non-finite and huge numbers, clients that hang up or stall, oversized request heads, shutdown
+mid-body."""
 
 from __future__ import annotations
 
