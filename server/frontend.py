@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.util
 import multiprocessing
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import uvicorn
 
@@ -73,27 +73,33 @@ def _uvicorn(settings: Settings, listen: Listen) -> None:
 
 
 def _granian(settings: Settings, listen: Listen) -> None:
+    # Workers are spawned, not forked: each imports prometheus_client afresh after
+    # PROMETHEUS_MULTIPROC_DIR is set (multiprocess mode), as uvicorn's workers do; a fork
+    # would inherit this process's single-process metric values.
+    multiprocessing.set_start_method("spawn", force=True)
+    granian_server(settings, listen).serve()
+
+
+def granian_server(settings: Settings, listen: Listen, **options: Any) -> Any:
+    """Granian's Server for the app; `options` override its keyword arguments (bench only:
+    bench/granian_options.py compares them side by side)."""
     from granian.constants import Interfaces, Loops  # noqa: PLC0415  (optional extra)
     from granian.http import HTTP1Settings  # noqa: PLC0415
     from granian.log import LogLevels  # noqa: PLC0415
     from granian.server import Server  # noqa: PLC0415
 
-    # Workers are spawned, not forked: each imports prometheus_client afresh after
-    # PROMETHEUS_MULTIPROC_DIR is set (multiprocess mode), as uvicorn's workers do; a fork
-    # would inherit this process's single-process metric values.
-    multiprocessing.set_start_method("spawn", force=True)
-    Server(
-        APP_FACTORY,
-        address=listen.host,
-        port=listen.port,
-        interface=Interfaces.ASGI,  # with lifespan
-        factory=True,
-        workers=settings.workers,
-        loop=Loops.uvloop,
+    kwargs: dict[str, Any] = {
+        "address": listen.host,
+        "port": listen.port,
+        "interface": Interfaces.ASGI,  # with lifespan
+        "factory": True,
+        "workers": settings.workers,
+        "loop": Loops.uvloop,
         # hyper's read buffer bounds the request head: past it, 431 and close (as uvicorn's cap).
-        http1_settings=HTTP1Settings(max_buffer_size=MAX_HEAD_BYTES),
-        log_level=LogLevels(settings.log_level),
-        log_access=listen.access_log,
+        "http1_settings": HTTP1Settings(max_buffer_size=MAX_HEAD_BYTES),
+        "log_level": LogLevels(settings.log_level),
+        "log_access": listen.access_log,
         # A worker still busy this long after SIGTERM is killed (uvicorn: cancelled).
-        workers_kill_timeout=max(1, round(listen.graceful_timeout_s)),
-    ).serve()
+        "workers_kill_timeout": max(1, round(listen.graceful_timeout_s)),
+    }
+    return Server(APP_FACTORY, **(kwargs | options))
