@@ -14,7 +14,9 @@ each row is recognised by its own thresholds array (one copy per request). Per r
              test, resolving the future on the event loop)
 
 Variants (scheduling policy x max_batch_size x queue delay) run interleaved in every
-repetition; the report sets the p99 request's decomposition against the p50 one, the mean
+repetition; max_batch_size `auto` is the server's ELF_BATCH_CAP=auto (server/batching/
+batch_cap.py), timed afresh before each of its runs as a starting server would (up to 32, within
+`--cap-tolerance`); the report sets the p99 request's decomposition against the p50 one, the mean
 decomposition of the slowest 2% against the middle 10%, and latency by (the client's previous
 exit, this exit): a closed-loop client whose previous answer came early waits for the round it
 missed.
@@ -37,6 +39,7 @@ import numpy as np
 from bench import machine
 from bench.engine_load import closed_loop_row, new_batcher, write_result
 from bench.runner import Case, add_model_args, cases, load_case
+from server.batching.batch_cap import batch_cap
 from server.batching.batcher import Batcher
 from server.batching.rows import Part, Row, StageExecutor
 from server.batching.scheduling import Policy
@@ -47,7 +50,7 @@ log = logging.getLogger("bench.engine_tail")
 @dataclass(frozen=True)
 class Variant:
     policy: Policy
-    max_batch: int
+    max_batch: int | str  # a size, or "auto" (ELF_BATCH_CAP=auto up to 32)
     delay_ms: float = 2.0
 
     @property
@@ -56,9 +59,22 @@ class Variant:
 
 
 def parse_variant(text: str) -> Variant:
-    """'age-aware:8' or 'age-aware:8:2' (policy:max_batch[:delay_ms])."""
+    """'age-aware:8', 'age-aware:8:2' (policy:max_batch[:delay_ms]) or 'age-aware:auto'."""
     policy, batch, *delay = text.split(":")
-    return Variant(policy, int(batch), float(delay[0]) if delay else 2.0)  # type: ignore[arg-type]
+    size = batch if batch == "auto" else int(batch)
+    return Variant(policy, size, float(delay[0]) if delay else 2.0)  # type: ignore[arg-type]
+
+
+def batch_size(case: Case, v: Variant, tolerance: float) -> tuple[int, dict[int, float]]:
+    """The variant's cap, and the stage chain's ms per image by batch size that chose it."""
+    if v.max_batch != "auto":
+        return int(v.max_batch), {}
+    pre = case.manifest.preprocessing
+    shape = (pre.channels, pre.height, pre.width)
+    cap = batch_cap(
+        "auto", case.runner, shape, max_batch_size=32, tolerance=tolerance, policy=v.policy
+    )
+    return cap.size, {b: round(t, 3) for b, t in cap.ms_per_image.items()}
 
 
 DEFAULT_VARIANTS = ("deepest-first:32", "age-aware:32", "age-aware:16", "age-aware:8")
@@ -187,11 +203,10 @@ def decompose(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_variant(
-    case: Case, v: Variant, concurrency: int, requests: int
+    case: Case, v: Variant, concurrency: int, requests: int, tolerance: float = 0.05
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    batcher = new_batcher(
-        case, v.policy, v.max_batch, 4 * concurrency, delay_s=v.delay_ms / 1e3, start=False
-    )
+    b, cap_ms = batch_size(case, v, tolerance)
+    batcher = new_batcher(case, v.policy, b, 4 * concurrency, delay_s=v.delay_ms / 1e3, start=False)
     events: list[tuple[int, float, float, list[int]]] = []
     _instrument(batcher, events)
     batcher.start()
@@ -209,6 +224,8 @@ def run_variant(
         for s in range(case.runner.num_stages)
     ]  # the machine's noise: the same stage's ms per image from batch to batch
     summary = {
+        "batch_cap": b,
+        "cap_ms_per_image": cap_ms,
         "images_per_s": requests / wall,
         "stage_ms_per_image_p10_p50_p90": [
             np.percentile(m, [10, 50, 90]).round(1).tolist() if m else [] for m in per_image
@@ -221,14 +238,20 @@ def run_variant(
 
 
 def measure(
-    case: Case, variants: list[Variant], reps: int, concurrency: int, requests: int
+    case: Case,
+    variants: list[Variant],
+    reps: int,
+    concurrency: int,
+    requests: int,
+    *,
+    tolerance: float = 0.05,
 ) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
     detail: dict[str, list[dict[str, Any]]] = {}
     for rep in range(reps):
         order = variants[rep % len(variants) :] + variants[: rep % len(variants)]
         for v in order:
-            summary, rows = run_variant(case, v, concurrency, requests)
+            summary, rows = run_variant(case, v, concurrency, requests, tolerance)
             runs[v.name].append(summary)
             detail.setdefault(v.name, []).extend(rows)  # pooled over repetitions
             log.info(
@@ -239,6 +262,8 @@ def measure(
         {"variant": name, **closed_loop_row(rs, 2)}
         | {
             "stage_ms_per_image": [r["stage_ms_per_image_p10_p50_p90"] for r in rs],
+            "batch_cap_all": [r["batch_cap"] for r in rs],
+            "cap_ms_per_image_all": [r["cap_ms_per_image"] for r in rs],
             "decomposition": decompose(detail[name]),
         }
         for name, rs in runs.items()
@@ -255,6 +280,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--requests", type=int, default=None, help="bundled 4096, heavy 384")
+    p.add_argument("--cap-tolerance", type=float, default=0.05, help="for max_batch 'auto'")
     p.add_argument("--name", default="engine_tail", help="result file: OUT/NAME_MODEL.json")
     add_model_args(p)
     args = p.parse_args(argv)
@@ -271,7 +297,10 @@ def main(argv: list[str] | None = None) -> None:
         case = load_case(key, model_dir, images, [1, 4, 8, 16, 32], [32])
         requests = args.requests or (4096 if key == "bundled" else 384)
         t0 = time.monotonic()
-        res = measure(case, variants, args.reps, args.concurrency, requests)
+        res = measure(
+            case, variants, args.reps, args.concurrency, requests, tolerance=args.cap_tolerance
+        )
+        res["cap_tolerance"] = args.cap_tolerance
         write_result(res, case, facts, t0, args.out / f"{args.name}_{key}.json")
         case.loop.close()
 

@@ -25,11 +25,18 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
     ]
     for row in r["rows"]:
         noise = [rep[0][1] for rep in row.get("stage_ms_per_image", [])] or "not recorded"
+        caps = row.get("batch_cap_all", [])
+        auto = f" (cap per rep {caps})" if "bauto" in row["variant"] else ""
         lines.append(
-            f"| {row['variant']} | {row['images_per_s']:.1f} | {row['p50_ms']:.0f} "
+            f"| {row['variant']}{auto} | {row['images_per_s']:.1f} | {row['p50_ms']:.0f} "
             f"| {row['p99_ms']:.0f} | **{row['p99_over_p50']:.2f}** | {row['p99_over_p50_all']} "
             f"| {row['images_per_s_all']} | {row['batch_per_stage']} | {noise} |"
         )
+    for row in r["rows"]:
+        for i, ms in enumerate(row.get("cap_ms_per_image_all", [])):
+            if ms:
+                timed = ", ".join(f"b{b} {t}" for b, t in ms.items())
+                lines.append(f"- {row['variant']} rep {i + 1}: batcher burst ms/image {timed}")
     return [*lines, ""]
 
 

@@ -9,6 +9,7 @@ histograms are summed over the workers (live and exited); each gauge states its 
   elf_exit_threshold     liveall  one series per live worker (label pid): shows a worker that
                                   has not caught up with the state directory
   elf_model_info         livemax  1 while any live worker serves the model
+  elf_batch_cap          liveall  one series per live worker (ELF_BATCH_CAP=auto measures each)
   elf_audit_expected_agreement  livemax  a property of the model directory, the same everywhere
   elf_operating_point_*  liveall  one series per live worker (each runs its own controller)
   elf_requests_in_flight livesum  inference requests in flight in all live workers together
@@ -166,6 +167,13 @@ class Metrics:
             ["model", "version", "providers"],
             registry=r,
             multiprocess_mode="livemax",
+        )
+        self.batch_cap = Gauge(
+            "elf_batch_cap",
+            "Most rows per stage batch (ELF_BATCH_CAP: ELF_MAX_BATCH_SIZE or measured at startup)",
+            ["model"],
+            registry=r,
+            multiprocess_mode="liveall",
         )
 
         self._audit_and_controller(r)

@@ -21,6 +21,7 @@ from elf_core.manifest import (
     load_manifest,
 )
 from server.batching.audit import Auditor
+from server.batching.batch_cap import BatchCap, batch_cap
 from server.batching.batcher import Batcher
 from server.batching.controller import ControllerThread
 from server.engine.runner import OnnxStageRunner
@@ -48,6 +49,7 @@ class ServedModel:
     thresholds: tuple[float, ...]  # current defaults, K values (the last is 0)
     agreement: Agreement | None = None  # agreement.json: expected agreement per exit
     controller: ControllerThread | None = None  # ELF_LATENCY_TARGET_MS (server/adaptive.py)
+    batch_cap: BatchCap | None = None  # the batcher's cap on rows per batch (ELF_BATCH_CAP)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -140,18 +142,28 @@ def load_model(
     b = settings.max_batch_size
     runner = OnnxStageRunner(manifest, load_stage_sessions(manifest, model_dir, settings), b)
     runner.warm_up(list(range(1, b + 1)) if settings.warmup_all_batch_sizes else sorted({1, b}))
+    pre = manifest.preprocessing
+    cap = batch_cap(
+        settings.batch_cap,
+        runner,
+        (pre.channels, pre.height, pre.width),
+        max_batch_size=b,
+        tolerance=settings.batch_cap_tolerance,
+        policy=settings.scheduling,
+        model=manifest.name,
+    )
     audit = None
     if settings.audit_rate > 0 and runner.num_stages > 1:
         audit = Auditor(
             settings.audit_rate,
             runner.num_stages,
-            max_batch_size=b,
+            max_batch_size=cap.size,
             model=manifest.name,
             metrics=metrics,
         )
     batcher = Batcher(
         runner,
-        max_batch_size=b,
+        max_batch_size=cap.size,
         max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
         max_queue_size=settings.max_queue_size,
         model=manifest.name,
@@ -164,7 +176,8 @@ def load_model(
         agreement = load_agreement(model_dir)
     except ValueError as exc:
         raise ManifestError(str(exc)) from exc
-    model = ServedModel(model_dir, manifest, runner, batcher, curve, (), agreement)
+    model = ServedModel(model_dir, manifest, runner, batcher, curve, (), agreement, batch_cap=cap)
+    metrics.batch_cap.labels(model=manifest.name).set(cap.size)
     for e in agreement.exits if agreement is not None else []:
         if e.agreement is not None:
             metrics.audit_expected.labels(model=manifest.name, exit=str(e.exit)).set(e.agreement)

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     cuda_preload_dlls: bool = True
 
     max_batch_size: PositiveInt = 32
+    # The batcher's cap on rows per batch (server/batching/batch_cap.py): max = max_batch_size;
+    # auto = at startup, the smallest batch size whose time per image through the stage chain
+    # is within batch_cap_tolerance of the best measured (up to max_batch_size). Small batches
+    # flatten the closed-loop latency tail where they cost no throughput.
+    batch_cap: Literal["max", "auto"] = "max"
+    batch_cap_tolerance: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
     # How long the oldest waiting row may wait for a fuller batch, at every stage.
     max_queue_delay_ms: Annotated[float, Field(ge=0.0)] = 2.0
     # Which ready stage queue runs next (server/batching/scheduling.py): deepest-first (work

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Annotated, Any
 
 import numpy as np
@@ -204,7 +205,9 @@ async def describe_model(name: str, state: StateDep) -> ModelDetail:
         provenance=m.provenance.model_dump(),
         batching={
             "max_batch_size": s.max_batch_size,
+            "batch_cap": model.batcher.max_batch_size,
             "max_queue_delay_ms": s.max_queue_delay_ms,
             "max_queue_size": s.max_queue_size,
         },
+        batch_cap=asdict(model.batch_cap) if model.batch_cap is not None else None,
     )

@@ -82,6 +82,9 @@ class ModelDetail(ModelSummary):
     expected_agreement: dict[str, Any] | None = None
     provenance: dict[str, Any]
     batching: dict[str, float]
+    # ELF_BATCH_CAP: the batcher's cap (`size`), its `rule` (max | auto) and, for auto, the
+    # `tolerance` and the stage chain's measured `ms_per_image` by batch size.
+    batch_cap: dict[str, Any] | None = None
 
 
 class ModelList(BaseModel):

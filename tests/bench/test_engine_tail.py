@@ -14,6 +14,9 @@ from bench.pyspy_summary import component_table, components
 def test_variants_parse_policy_batch_and_delay() -> None:
     assert parse_variant("age-aware:8") == Variant("age-aware", 8, 2.0)
     assert parse_variant("deepest-first:32:0.5").name == "deepest-first b32 d0.5"
+    assert parse_variant("age-aware:auto") == Variant("age-aware", "auto", 2.0)
+    with pytest.raises(ValueError, match="invalid literal"):
+        parse_variant("age-aware:big")
 
 
 def test_a_request_timeline_splits_waits_computes_and_the_answer() -> None:

@@ -128,7 +128,8 @@ def test_models_list_and_detail(client: TestClient, tiny_model_dir: Path) -> Non
     assert d["calibration"]["tolerance"] == 0.005
     assert d["class_names"] == manifest.class_names
     assert d["preprocessing"]["mean"] == [0.5]
-    assert d["batching"]["max_batch_size"] == 8
+    assert d["batching"]["max_batch_size"] == 8 and d["batching"]["batch_cap"] == 8
+    assert d["batch_cap"] == {"size": 8, "rule": "max", "tolerance": None, "ms_per_image": {}}
     assert client.get("/v1/models/nope").status_code == 404
 
 

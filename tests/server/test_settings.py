@@ -27,7 +27,14 @@ def test_settings_read_the_environment_and_are_frozen(monkeypatch: pytest.Monkey
 
 @pytest.mark.parametrize(
     ("var", "value"),
-    [("ELF_PROVIDERS", "tpu"), ("ELF_MAX_BATCH_SIZE", "0"), ("ELF_MAX_QUEUE_DELAY_MS", "-1")],
+    [
+        ("ELF_PROVIDERS", "tpu"),
+        ("ELF_MAX_BATCH_SIZE", "0"),
+        ("ELF_MAX_QUEUE_DELAY_MS", "-1"),
+        ("ELF_BATCH_CAP", "8"),
+        ("ELF_BATCH_CAP_TOLERANCE", "1"),
+        ("ELF_BATCH_CAP_TOLERANCE", "-0.01"),
+    ],
 )
 def test_invalid_settings_fail_loudly(
     monkeypatch: pytest.MonkeyPatch, var: str, value: str
