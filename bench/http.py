@@ -9,6 +9,8 @@ class_index is checked against the image's label by the Lua script. Targets, eac
                      thresholds), one uvicorn worker
   elf-final          the same server process, /v1/classify?exit=final (every stage)
   elf-exits-2w       elf-serve with --workers 2 (prometheus multiprocess mode)
+  elf-exits-granian  elf-serve --http-server granian (the same app behind Granian), one worker
+  elf-exits-granian-2w  the same with --workers 2
   elf-exits-compare  elf-serve from another source tree (--compare-src DIR, e.g.
                      `git archive <commit> | tar -x -C DIR`): before/after numbers in one run
   litserve           LitServe serving full.onnx with its batching (multipart body)
@@ -60,6 +62,8 @@ TARGETS = (
     "elf-exits",
     "elf-final",
     "elf-exits-2w",
+    "elf-exits-granian",
+    "elf-exits-granian-2w",
     "elf-exits-compare",
     "litserve",
     "fastapi",
@@ -85,14 +89,16 @@ def elf_spec(
     compare_src: Path | None,
     compare_env: Sequence[str] = (),
 ) -> ServerSpec:
-    """elf-serve: "elf" (1 worker), "elf-2w" (2 workers), "elf-compare" (the code in
-    compare_src, e.g. `git archive <commit>` unpacked, and/or the settings compare_env, for
-    before/after numbers in one run)."""
+    """elf-serve: "elf" (1 worker), "elf-2w" (2 workers), "elf-granian[-2w]" (behind Granian),
+    "elf-compare" (the code in compare_src, e.g. `git archive <commit>` unpacked, and/or the
+    settings compare_env, for before/after numbers in one run)."""
     elf_serve = Path(sys.executable).parent / "elf-serve"
     env = {"ELF_PROVIDERS": "cpu", "ELF_LOG_LEVEL": "warning", "ELF_WORKERS": "1"}
     env |= dict(item.split("=", 1) for item in extra_env)
-    if name == "elf-2w":
+    if name.endswith("-2w"):
         env["ELF_WORKERS"] = "2"
+    if name.startswith("elf-granian"):
+        env["ELF_HTTP_SERVER"] = "granian"
     if name == "elf-compare":
         if compare_src is None and not compare_env:
             sys.exit("target elf-exits-compare needs --compare-src DIR or --compare-env")
@@ -129,13 +135,25 @@ ROUTES: dict[str, tuple[str, str, str]] = {
     "elf-exits": ("elf", "/v1/classify", "raw"),
     "elf-final": ("elf", "/v1/classify?exit=final", "raw"),
     "elf-exits-2w": ("elf-2w", "/v1/classify", "raw"),
+    "elf-exits-granian": ("elf-granian", "/v1/classify", "raw"),
+    "elf-exits-granian-2w": ("elf-granian-2w", "/v1/classify", "raw"),
     "elf-exits-compare": ("elf-compare", "/v1/classify", "raw"),
     "litserve": ("litserve", "/predict", "multipart"),
     "fastapi": ("fastapi", "/predict", "raw"),
     "kserve": ("kserve", "/v1/models/full:predict", "raw"),
     "ray": ("ray", "/predict", "raw"),
 }
-SERVERS = ("elf", "elf-2w", "elf-compare", "fastapi", "litserve", "kserve", "ray")
+SERVERS = (
+    "elf",
+    "elf-2w",
+    "elf-granian",
+    "elf-granian-2w",
+    "elf-compare",
+    "fastapi",
+    "litserve",
+    "kserve",
+    "ray",
+)
 
 _EXITS = re.compile(r'^elf_exits_total\{[^}]*exit="(\d+)"[^}]*\}\s+([0-9.e+]+)', re.M)
 _FLOPS = re.compile(r"^elf_flops_(executed|full)_total\{[^}]*\}\s+([0-9.e+]+)", re.M)

@@ -12,6 +12,8 @@ LABELS = {
     "elf-exits": "(a) elf-serve, exits",
     "elf-final": "(b) elf-serve, exit=final",
     "elf-exits-2w": "(a2) elf-serve, exits, --workers 2",
+    "elf-exits-granian": "(g) elf-serve, exits, --http-server granian",
+    "elf-exits-granian-2w": "(g2) elf-serve, exits, granian, --workers 2",
     "elf-exits-compare": "(a0) elf-serve, exits, --compare-src code",
     "litserve": "(c) LitServe, full.onnx, batching",
     "fastapi": "(d) FastAPI def, full.onnx per request",
@@ -19,6 +21,8 @@ LABELS = {
     "ray": "(f) Ray Serve 2.60, full.onnx, @serve.batch",
 }
 PEERS = ("litserve", "fastapi", "kserve", "ray")
+# elf-serve's variants that each get the targets' tables (ratios, p99, in-process share).
+OURS = ("elf-exits", "elf-exits-granian", "elf-exits-2w", "elf-exits-granian-2w")
 HEAVY_NOTE = (
     "The resnet50-style model (bench/heavy_model.py) has random backbone weights; only its exit "
     "classifiers are fitted (ridge regression on 512 Fashion-MNIST training images at 224 px), "
@@ -71,15 +75,20 @@ def _batches(r: dict[str, Any]) -> str:
     return f"{b['mean']:.1f} / {b['max']}{flag}"
 
 
-def p99_check(rows: Sequence[dict[str, Any]]) -> list[str]:
+def _tag(ours: str) -> str:
+    """ "(a)" of "(a) elf-serve, exits"."""
+    return LABELS[ours].split(" ", 1)[0]
+
+
+def p99_check(rows: Sequence[dict[str, Any]], ours: str = "elf-exits") -> list[str]:
     """(a)'s p99 against each peer's at the same concurrency (the target: no worse)."""
     p99 = {(r["target"], r["concurrency"]): r["latency_ms"]["p99"] for r in rows}
-    concs = sorted({c for t, c in p99 if t == "elf-exits"})
+    concs = sorted({c for t, c in p99 if t == ours})
     peers = [t for t in PEERS if any(k[0] == t for k in p99)]
     if not concs or not peers:
         return []
     out = [
-        "| (a) p99 / peer p99 | " + " | ".join(f"c={c}" for c in concs) + " |",
+        f"| {_tag(ours)} p99 / peer p99 | " + " | ".join(f"c={c}" for c in concs) + " |",
         "|---|" + "---:|" * len(concs),
     ]
     for t in peers:
@@ -88,19 +97,21 @@ def p99_check(rows: Sequence[dict[str, Any]]) -> list[str]:
             if (t, c) not in p99:
                 cells.append("-")
                 continue
-            ratio = p99[("elf-exits", c)] / p99[(t, c)]
+            ratio = p99[(ours, c)] / p99[(t, c)]
             cells.append(f"{ratio:.2f}" + ("" if ratio <= 1 else " (worse)"))
         out.append(f"| {LABELS[t]} | " + " | ".join(cells) + " |")
     return out
 
 
-def limit_line(key: str, rows: Sequence[dict[str, Any]], limit: dict[str, Any] | None) -> str:
+def limit_line(
+    key: str, rows: Sequence[dict[str, Any]], limit: dict[str, Any] | None, ours: str = "elf-exits"
+) -> str:
     """(a)'s best req/s against the in-process limit: full.onnx's batch-32 images/s divided by
     the FLOPs ratio of the exit mix (a) served."""
-    ours = [r for r in rows if r["target"] == "elf-exits" and "flops_saved" in r]
-    if not limit or not ours:
+    mine = [r for r in rows if r["target"] == ours and "flops_saved" in r]
+    if not limit or not mine:
         return ""
-    best = max(ours, key=lambda r: r["throughput_rps"])
+    best = max(mine, key=lambda r: r["throughput_rps"])
     ratio = 1 - best["flops_saved"]
     bound = limit["full_images_per_s"] / ratio
     share = best["throughput_rps"] / bound
@@ -109,29 +120,30 @@ def limit_line(key: str, rows: Sequence[dict[str, Any]], limit: dict[str, Any] |
     return (
         f"- In-process limit: full.onnx at batch {limit['batch']} ran "
         f"{limit['full_images_per_s']:.1f} images/s in this run; divided by the exit mix's "
-        f"FLOPs ratio {ratio:.3f}: {bound:.1f} images/s. (a)'s best, {best['throughput_rps']:.1f} "
+        f"FLOPs ratio {ratio:.3f}: {bound:.1f} images/s. {_tag(ours)}'s best, "
+        f"{best['throughput_rps']:.1f} "
         f"req/s at c={best['concurrency']}, is **{share:.0%}** of it{verdict}."
     )
 
 
-def ratios(model: str, rows: Sequence[dict[str, Any]]) -> list[str]:
+def ratios(model: str, rows: Sequence[dict[str, Any]], ours: str = "elf-exits") -> list[str]:
     """(a) over each baseline at every concurrency and at each one's best concurrency."""
     goal, against = GOALS.get(model, (1.0, ()))
     by = {(r["target"], r["concurrency"]): r["throughput_rps"] for r in rows}
     concs = sorted({r["concurrency"] for r in rows})
-    present = [t for t in LABELS if t != "elf-exits" and any(k[0] == t for k in by)]
-    if not any(k[0] == "elf-exits" for k in by) or not present:
+    present = [t for t in LABELS if t != ours and any(k[0] == t for k in by)]
+    if not any(k[0] == ours for k in by) or not present:
         return []
     out = [
-        "| (a) throughput / | " + " | ".join(f"c={c}" for c in concs) + " | best vs best |",
+        f"| {_tag(ours)} throughput / | "
+        + " | ".join(f"c={c}" for c in concs)
+        + " | best vs best |",
         "|---|" + "---:|" * (len(concs) + 1),
     ]
-    best_a = max(v for k, v in by.items() if k[0] == "elf-exits")
+    best_a = max(v for k, v in by.items() if k[0] == ours)
     for t in present:
         cells = [
-            f"{by[('elf-exits', c)] / by[(t, c)]:.2f}x"
-            if by.get((t, c)) and ("elf-exits", c) in by
-            else "-"
+            f"{by[(ours, c)] / by[(t, c)]:.2f}x" if by.get((t, c)) and (ours, c) in by else "-"
             for c in concs
         ]
         best = best_a / max(1e-9, *(v for k, v in by.items() if k[0] == t))
@@ -156,13 +168,16 @@ def model_section(
         "",
         *table(rows),
         "",
-        *ratios(key, rows),
-        "",
-        *p99_check(rows),
-        "",
-        limit_line(key, rows, limit),
-        "",
     ]
+    for ours in (t for t in OURS if any(r["target"] == t for r in rows)):
+        lines += [
+            *ratios(key, rows, ours),
+            "",
+            *p99_check(rows, ours),
+            "",
+            limit_line(key, rows, limit, ours),
+            "",
+        ]
     return lines
 
 

@@ -61,7 +61,15 @@ COMPONENTS = (
     ("(asyncio/", "asyncio (timeouts, gather, futures)"),
     ("(threading.py", "threading (condition waits)"),
     ("(orjson", "JSON (orjson)"),
+    # Granian's worker runs uvloop from this frame: the loop's C code (epoll, the wake-ups
+    # Granian's Rust thread sends, callbacks) has it as its innermost Python frame.
+    ("_spawn_asgi_lifespan_worker (granian/", "event loop in C (uvloop, woken by Granian's Rust)"),
+    ("(granian/", "Granian's Python glue (_futures, ASGI receive/send, the Rust they call)"),
+    ("(contextlib.py", "contextlib (FastAPI's AsyncExitStack per request)"),
 )
+# A sample with no Python frame at all: the thread runs native code while attached to the
+# interpreter (a whole thread of them under Granian: its Rust runtime thread, hyper + tokio).
+NATIVE = "native code, no Python frame"
 
 
 def components(path: Path) -> dict[str, Counter[str]]:
@@ -71,8 +79,10 @@ def components(path: Path) -> dict[str, Counter[str]]:
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
         thread = frames[0].partition(": ")[2] or frames[0]
-        leaf = frames[-1] if len(frames) > 1 else ""
-        group = next((g for key, g in COMPONENTS if key in leaf), "other Python")
+        if len(frames) == 1:
+            out.setdefault(thread, Counter())[NATIVE] += int(count)
+            continue
+        group = next((g for key, g in COMPONENTS if key in frames[-1]), "other Python")
         out.setdefault(thread, Counter())[group] += int(count)
     return out
 

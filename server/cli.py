@@ -1,8 +1,9 @@
-"""`elf-serve`: run the service under uvicorn. Flags override the ELF_* environment variables.
+"""`elf-serve`: run the service under uvicorn or Granian (--http-server). Flags override the ELF_*
+environment variables.
 
 A user's mistake (a bad setting, a missing or broken model directory) ends in one line,
-`elf-serve: error: <what and how to fix>`, and exit code 2, before uvicorn starts; the traceback
-only with `--log-level debug`. After SIGTERM and a clean drain the exit code is 0.
+`elf-serve: error: <what and how to fix>`, and exit code 2, before the HTTP server starts; the
+traceback only with `--log-level debug`. After SIGTERM and a clean drain the exit code is 0.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import traceback
 from types import FrameType
 from typing import NoReturn
 
-import uvicorn
 from pydantic import ValidationError
 
 from elf_core.manifest import ManifestError
 from server.engine.providers import EngineError, requested_providers
-from server.http_protocol import HeadCappedHttpToolsProtocol
+from server.frontend import FrontendError, Listen, serve
+from server.frontend import check as check_frontend
 from server.metrics import MULTIPROC_ENV, prepare_multiprocess
 from server.registry import find_manifests
 from server.settings import Settings, unknown_variables
@@ -39,6 +40,7 @@ _FLAGS = {
     "request_timeout_s": "per-request timeout (504)",
     "intra_op_threads": "ONNX Runtime threads per session (0 = CPUs / workers)",
     "state_dir": "directory of state shared by workers and kept across restarts",
+    "http_server": "uvicorn | granian (the HTTP server in front of the app)",
 }
 
 
@@ -46,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="elf-serve", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=None, help="uvicorn worker processes")
+    p.add_argument("--workers", type=int, default=None, help="worker processes")
     p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", help="log every request (slower)")
     p.add_argument(
@@ -91,6 +93,7 @@ def settings_message(exc: ValidationError) -> str:
 
 def check(settings: Settings) -> None:
     """What the server would fail on at start-up, checked here to fail in one line."""
+    check_frontend(settings.http_server)
     requested_providers(settings)
     find_manifests(settings)
 
@@ -103,7 +106,7 @@ def _fail(message: str, debug: bool) -> NoReturn:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    # Flags become ELF_* variables so that every uvicorn worker process builds the same Settings.
+    # Flags become ELF_* variables so that every worker process builds the same Settings.
     for field in (*_FLAGS, "workers", "log_level"):
         value = getattr(args, field)
         if value is not None:
@@ -117,7 +120,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     except ManifestError as exc:
         fix = "point --model-dir (ELF_MODEL_DIR) at a directory that elf-export wrote"
         _fail(f"{manifest_message(exc)}; {fix}", debug)
-    except EngineError as exc:
+    except (EngineError, FrontendError) as exc:
         _fail(str(exc), debug)
     return settings
 
@@ -145,17 +148,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> None:
-    uvicorn.run(
-        "server.app:app_from_env",
-        http=HeadCappedHttpToolsProtocol,
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=settings.workers,
-        log_level=settings.log_level,
-        access_log=args.access_log,
-        timeout_graceful_shutdown=int(args.graceful_timeout),
-    )
+    listen = Listen(args.host, args.port, args.access_log, args.graceful_timeout)
+    serve(settings, listen)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
 
     workers: PositiveInt = 1
+    # The HTTP server in front of the app (server/frontend.py); granian needs the granian extra.
+    http_server: Literal["uvicorn", "granian"] = "uvicorn"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")

@@ -129,3 +129,27 @@ def test_wrk_script_counts_answers_matching_the_labels(
     assert r.accuracy == pytest.approx(0.75, abs=0.05)
     assert 0 < r.latency_ms["p50"] <= r.latency_ms["p99"]
     assert r.wrk_cpu_s > 0
+
+
+def test_granian_options_report_takes_medians_against_uvicorn_of_the_same_workers() -> None:
+    from bench.granian_options import medians, report  # noqa: PLC0415
+
+    def row(variant: str, rnd: int, rps: float) -> dict[str, object]:
+        lat = {"p50": rps / 100, "p99": rps / 10}
+        return {
+            "variant": variant,
+            "round": rnd,
+            "concurrency": 32,
+            "throughput_rps": rps,
+            "latency_ms": lat,
+            "server_cpu_ms_per_request": 2.0,
+        }
+
+    rows = [row("uvicorn", r, v) for r, v in enumerate([700.0, 100.0, 720.0])]
+    rows += [row("granian", r, v) for r, v in enumerate([630.0, 900.0, 648.0])]
+    rows += [row("uvicorn 2w", 0, 800.0), row("granian 2w", 0, 1000.0)]
+    assert medians(rows)[("granian", 32)]["throughput_rps"] == 648.0
+    text = report(rows, "cmd")
+    assert "| granian | 648.0 (0.93x), 6.5 / 64.8, 2.00 |" in text
+    assert "| granian 2w | 1000.0 (1.25x)" in text  # against uvicorn 2w, not uvicorn
+    assert "Medians over 3 rounds" in text

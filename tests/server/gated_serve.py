@@ -9,7 +9,9 @@ server writes one line per event to: `gate c` / `gate o` once a gate change took
 `admitted N` / `refused N` for every batcher submit of N rows, `run K N` when the worker starts a
 stage-K run of N rows (before it waits at the gate), `signal S` when uvicorn gets a signal,
 `draining` once uvicorn has closed its listening sockets and waits for the open requests.
-Both FIFOs are opened read-write so that neither side blocks on open (Linux).
+Both FIFOs are opened read-write so that neither side blocks on open (Linux). Under Granian
+(ELF_HTTP_SERVER=granian) the gate and the stage/submit events work in its worker process;
+`signal` and `draining` are uvicorn's only.
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ def install() -> None:
     threading.Thread(target=_gate_reader, name="test-gate", daemon=True).start()
 
 
-if __name__ == "__main__":
+# The hooks go where the batcher runs: uvicorn's one process, or the worker process Granian
+# spawns (multiprocessing imports this main module there again, as __mp_main__).
+_GRANIAN = os.environ.get("ELF_HTTP_SERVER") == "granian"
+if __name__ == ("__mp_main__" if _GRANIAN else "__main__"):
     install()
+if __name__ == "__main__":
     cli.main()

@@ -93,6 +93,7 @@ def test_missing_and_wrong_model_dirs(tmp_path: Path) -> None:
         (["--max-queue-delay-ms", "-1"], {}, r"ELF_MAX_QUEUE_DELAY_MS .*greater than or equal"),
         ([], {"ELF_MAX_QUEUE_SIZE": "4"}, r"ELF_MAX_QUEUE_SIZE=4 is below ELF_MAX_IMAGES_PER_RE"),
         ([], {"ELF_DEFAULT_MODEL": "nope"}, r"ELF_DEFAULT_MODEL='nope' is not among \['tiny'\]"),
+        (["--http-server", "nginx"], {}, r"ELF_HTTP_SERVER \(--http-server\)='nginx': .*'granian'"),
     ],
 )
 def test_bad_settings_are_one_line(

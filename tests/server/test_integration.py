@@ -1,5 +1,6 @@
-"""A real uvicorn process: 200 concurrent requests equal the offline ONNX Runtime answers, the
-metrics add up, a full queue answers 503, and SIGTERM lets in-flight requests finish."""
+"""A real elf-serve process, under uvicorn and under Granian: 200 concurrent requests equal the
+offline ONNX Runtime answers, the metrics add up, a full queue answers 503, and SIGTERM lets
+in-flight requests finish."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import asyncio
 import base64
 import contextlib
 import signal
+import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -90,11 +93,19 @@ def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     }
 
 
-def assert_clean_exit(returncode: int, server: LiveServer) -> None:
+# Each HTTP server's last words after a clean drain.
+SHUTDOWN_LOG = {
+    "uvicorn": "Application shutdown complete",
+    "granian": "Granian shutdown completed",
+}
+HTTP_SERVERS = pytest.mark.parametrize("http_server", list(SHUTDOWN_LOG))
+
+
+def assert_clean_exit(returncode: int, server: LiveServer, http_server: str = "uvicorn") -> None:
     # A clean drain after SIGTERM exits 0 (uvicorn's re-raised SIGTERM is absorbed by elf-serve).
     assert returncode == 0, server.logs()
     logs = server.logs()
-    assert "batchers stopped" in logs and "Application shutdown complete" in logs
+    assert "batchers stopped" in logs and SHUTDOWN_LOG[http_server] in logs
 
 
 def _sum(samples: dict, name: str, **labels: str) -> float:
@@ -102,14 +113,16 @@ def _sum(samples: dict, name: str, **labels: str) -> float:
     return sum(v for (n, lab), v in samples.items() if n == name and want <= lab)
 
 
-def test_concurrent_requests_equal_offline_results_and_metrics_add_up(
+@HTTP_SERVERS
+def test_concurrent_requests_equal_offline_results_and_metrics_add_up(  # noqa: PLR0917
     tiny_model_dir: Path, pngs: list[bytes], pixels: np.ndarray,
-    offline_probs: list[np.ndarray], tmp_path: Path,
+    offline_probs: list[np.ndarray], tmp_path: Path, http_server: str,
 ) -> None:  # fmt: skip
     manifest = load_manifest(tiny_model_dir)
     pred, exits = early_exit(offline_probs, manifest.thresholds)
     xs = normalise(pixels)
     env = {"ELF_MAX_BATCH_SIZE": "8", "ELF_MAX_QUEUE_DELAY_MS": "2"}
+    env["ELF_HTTP_SERVER"] = http_server
     with live_server(tiny_model_dir, tmp_path / "serve.log", **env) as server:
         responses = asyncio.run(_fire(server.url, pngs, xs))
         assert [r.status_code for r in responses] == [200] * N_REQUESTS, server.logs()
@@ -131,11 +144,16 @@ def test_concurrent_requests_equal_offline_results_and_metrics_add_up(
         assert _sum(m, "elf_batch_size_sum", model="tiny", stage="0") == N_REQUESTS
         assert _sum(m, "elf_batch_size_count", model="tiny", stage="0") < N_REQUESTS
         assert _sum(m, "elf_batch_size_sum", model="tiny", stage="2") == exit_counts[2]
-        assert_clean_exit(server.terminate(), server)
+        assert_clean_exit(server.terminate(), server, http_server)
 
 
+@HTTP_SERVERS
 def test_full_queue_is_503_and_sigterm_finishes_in_flight_requests(
-    tiny_model_dir: Path, pngs: list[bytes], offline_probs: list[np.ndarray], tmp_path: Path
+    tiny_model_dir: Path,
+    pngs: list[bytes],
+    offline_probs: list[np.ndarray],
+    tmp_path: Path,
+    http_server: str,
 ) -> None:
     """The order of events is forced with the gate of tests/server/gated_serve.py and read back
     from its event log: which requests were admitted is known exactly, not guessed from timing."""
@@ -147,6 +165,7 @@ def test_full_queue_is_503_and_sigterm_finishes_in_flight_requests(
         "ELF_MAX_IMAGES_PER_REQUEST": "2",
         "ELF_MAX_QUEUE_DELAY_MS": "400",
         "ELF_MAX_BATCH_SIZE": "8",
+        "ELF_HTTP_SERVER": http_server,
     }
     log = tmp_path / "serve.log"
     with (
@@ -186,7 +205,10 @@ def test_full_queue_is_503_and_sigterm_finishes_in_flight_requests(
             d = asyncio.ensure_future(_post(client, pngs[3]))
             await step("admitted 1")
             server.proc.send_signal(signal.SIGTERM)
-            await step(f"signal {int(signal.SIGTERM)}", "draining")
+            if http_server == "uvicorn":
+                await step(f"signal {int(signal.SIGTERM)}", "draining")
+            else:  # Granian's shutdown runs in Rust, where no hook reaches: watch the port
+                await asyncio.to_thread(wait_until_refused, server.url)
             # The listening socket is closed: a new request cannot get in.
             late = await _post_error(server.url, pngs[4])
             await asyncio.to_thread(events.release)
@@ -196,7 +218,7 @@ def test_full_queue_is_503_and_sigterm_finishes_in_flight_requests(
         assert [r.status_code for r in answered] == [200, 200], server.logs()
         assert [_answer(r.json())[:2] for r in answered] == [(pred[i], exits[i]) for i in (2, 3)]
         assert isinstance(late, httpx.ConnectError), late
-        assert_clean_exit(server.proc.wait(20), server)
+        assert_clean_exit(server.proc.wait(20), server, http_server)
         assert all(line.startswith("run ") for line in events.unread())
 
 
@@ -212,6 +234,19 @@ async def _post_error(url: str, png: bytes) -> Exception:
         except httpx.HTTPError as exc:
             return exc
     raise AssertionError(f"answered {r.status_code} while the server was shutting down")
+
+
+def wait_until_refused(url: str, timeout_s: float = 20) -> None:
+    """Poll until a fresh connection to `url` is refused (bounded; not a sleep to order events)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+        except ConnectionRefusedError:
+            return
+        assert time.monotonic() < deadline, f"{url} still accepts connections"
+        time.sleep(0.02)
 
 
 async def _with_client(url: str, fn: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from server import cli
+from server import cli, frontend
 from server.settings import Settings, available_cpus, unknown_variables
 
 
@@ -52,7 +52,7 @@ def test_threads_are_sized_to_the_machine() -> None:
 
 def test_cli_flags_become_settings(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> None:
     seen: dict[str, object] = {}
-    monkeypatch.setattr(cli.uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    monkeypatch.setattr(frontend.uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
     for key in [k for k in os.environ if k.startswith("ELF_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("ELF_MAX_QUEUE_SIZE", "7")  # unset flags leave the environment alone

@@ -1,4 +1,5 @@
-"""One state across workers: a real `elf-serve --workers 2` with ELF_STATE_DIR.
+"""One state across workers: a real `elf-serve --workers 2` with ELF_STATE_DIR, under uvicorn and
+under Granian (each spawns its worker processes; Prometheus multiprocess mode in both).
 
 One PUT must reach both workers (each worker's elf_exit_threshold series, labelled with its pid
 in multiprocess mode, shows the new value), every one of 40 answers then uses the new
@@ -61,8 +62,9 @@ def classify(url: str, png: bytes) -> dict[str, object]:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("http_server", ["uvicorn", "granian"])
 def test_two_workers_share_thresholds_metrics_and_restart(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, http_server: str
 ) -> None:
     state, prom_dir = tmp_path / "state", tmp_path / "prom"
     env = {
@@ -73,6 +75,7 @@ def test_two_workers_share_thresholds_metrics_and_restart(
         "ELF_MAX_BATCH_SIZE": "8",
         "ELF_INTRA_OP_THREADS": "1",
         "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
+        "ELF_HTTP_SERVER": http_server,
     }
     pngs = [png_bytes(p) for p in fixture_pixels(REQUESTS)]
     with live_server(tiny_model_dir, tmp_path / "serve.log", **env) as server:
