@@ -20,7 +20,7 @@ from pathlib import Path
 
 from elf_core.calibration import CalibrationError
 from elf_core.manifest import MODEL_NAME_PATTERN, ManifestError
-from model_export.export import ExportConfig, export_checkpoint
+from model_export.export import DEFAULT_TOLERANCE, ExportConfig, export_checkpoint
 from model_export.quantize_cli import quantize_config, quantize_parser, quantize_summary
 from model_export.quantize_run import QuantizeError, quantize_model
 from model_export.recalibrate import recalibrate
@@ -68,8 +68,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tolerance",
         type=_tolerance,
-        default=0.005,
-        help="balanced accuracy the chosen point may lose against the best point (default 0.005)",
+        default=DEFAULT_TOLERANCE,
+        help="balanced accuracy the chosen point may lose against the best point (default "
+        f"{DEFAULT_TOLERANCE})",
     )
     p.add_argument(
         "--tail-tolerance",

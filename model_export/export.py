@@ -63,12 +63,14 @@ from training.networks import MultiExitNet
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
+# Balanced accuracy the chosen threshold point may lose against the best one (a fraction).
+DEFAULT_TOLERANCE = 0.005
 
 
 @dataclass(frozen=True)
 class ExportConfig:
     out: Path
-    tolerance: float = 0.005
+    tolerance: float = DEFAULT_TOLERANCE
     name: str | None = None  # default: the name of the out directory
     version: str = "1"
     device: str = "cpu"  # ONNX Runtime device for calibration (parity always runs on CPU)

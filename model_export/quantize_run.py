@@ -40,6 +40,7 @@ from elf_core.manifest import (
     write_manifest,
 )
 from model_export.calibrate_run import split_probs
+from model_export.export import DEFAULT_TOLERANCE
 from model_export.quantize import PRECISIONS, quantize_stages
 from model_export.recalibrate import recalibrate
 from model_export.report import CalibrationOutcome
@@ -154,7 +155,7 @@ def _rule(src: Manifest, cfg: QuantizeConfig) -> tuple[float, float | None, tupl
     """SRC's calibration rule (tolerance, tail protection); --tolerance overrides the first."""
     cal = src.calibration
     if cal is None:
-        return (0.005 if cfg.tolerance is None else cfg.tolerance), None, None
+        return (DEFAULT_TOLERANCE if cfg.tolerance is None else cfg.tolerance), None, None
     tol = cal.tolerance if cfg.tolerance is None else cfg.tolerance
     protect = cal.protected_classes if cal.tail_tolerance is not None else None
     return tol, cal.tail_tolerance, tuple(protect) if protect else None

@@ -43,9 +43,9 @@ class Settings(BaseSettings):
 
     max_batch_size: PositiveInt = 32
     # The batcher's cap on rows per batch (server/batching/batch_cap.py): max = max_batch_size;
-    # auto = at startup, the smallest batch size whose time per image through the stage chain
-    # is within batch_cap_tolerance of the best measured (up to max_batch_size). Small batches
-    # flatten the closed-loop latency tail where they cost no throughput.
+    # auto = at startup, the smallest batch size whose time per image through the batcher (a
+    # burst to the last exit) is within batch_cap_tolerance of the best (up to max_batch_size).
+    # Small batches flatten the closed-loop latency tail where they cost no throughput.
     batch_cap: Literal["max", "auto"] = "max"
     batch_cap_tolerance: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
     # How long the oldest waiting row may wait for a fuller batch, at every stage.

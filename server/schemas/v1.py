@@ -83,7 +83,7 @@ class ModelDetail(ModelSummary):
     provenance: dict[str, Any]
     batching: dict[str, float]
     # ELF_BATCH_CAP: the batcher's cap (`size`), its `rule` (max | auto) and, for auto, the
-    # `tolerance` and the stage chain's measured `ms_per_image` by batch size.
+    # `tolerance` and the batcher's measured `ms_per_image` by batch size (bursts at startup).
     batch_cap: dict[str, Any] | None = None
 
 

@@ -29,26 +29,20 @@ from tests.server.live import live_server
 TINY_FLOOR = "0.8"
 
 
+def _quantize_cli(src: Path, out: Path, images: int, floor: str) -> int:
+    """`elf-export quantize` through its CLI entry point, without progress bars."""
+    argv = ["quantize", "--model-dir", str(src), "--out", str(out)]
+    return main([*argv, "--calibration-images", str(images), "--min-agreement", floor,
+                 "--no-progress"])  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def quantized(exported: Exported, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("quantize") / "tiny-lt-int8"
     before = {p.name: sha256_file(p) for p in exported.model_dir.iterdir()}
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = main(
-            [
-                "quantize",
-                "--model-dir",
-                str(exported.model_dir),
-                "--out",
-                str(out),
-                "--calibration-images",
-                "32",
-                "--min-agreement",
-                TINY_FLOOR,
-                "--no-progress",
-            ]
-        )
+        rc = _quantize_cli(exported.model_dir, out, 32, TINY_FLOOR)
     assert rc == 0
     after = {p.name: sha256_file(p) for p in exported.model_dir.iterdir()}
     assert after == before  # the source directory is not written
@@ -135,20 +129,7 @@ def test_refuses_existing_out_and_requantizing(
 def test_agreement_floor_fails_and_leaves_nothing(exported: Exported, tmp_path: Path) -> None:
     """A floor of 1.0 with 1 calibration image (ranges from one image: clipped activations)."""
     out = tmp_path / "bad"
-    rc = main(
-        [
-            "quantize",
-            "--model-dir",
-            str(exported.model_dir),
-            "--out",
-            str(out),
-            "--calibration-images",
-            "1",
-            "--min-agreement",
-            "1.0",
-            "--no-progress",
-        ]
-    )
+    rc = _quantize_cli(exported.model_dir, out, 1, "1.0")
     assert rc != 0
     assert list(tmp_path.iterdir()) == []  # neither DST nor its temporary sibling
 
