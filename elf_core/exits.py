@@ -14,9 +14,21 @@ import numpy as np
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """[N, C] logits -> [N, C] probabilities (float64, numerically stable)."""
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return np.asarray(e / e.sum(axis=1, keepdims=True))
+    return softmax_max(logits)[0]
+
+
+def softmax_max(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[N, C] logits -> (probabilities [N, C] float64, their row maxima [N]) in one pass.
+
+    With z = logits - max, the largest probability is exp(0) / sum(exp(z)) = 1 / sum: the same
+    float64 division that puts it in the probabilities, so it equals probs.max(axis=1) bit for
+    bit without another reduction over [N, C]."""
+    e = logits.astype(np.float64)  # a fresh [N, C] array: the steps below work in place
+    e -= e.max(axis=1, keepdims=True)
+    np.exp(e, out=e)
+    total = e.sum(axis=1, keepdims=True)  # [N, 1]
+    e /= total
+    return e, 1.0 / total[:, 0]
 
 
 def _check_count(values: Sequence[float], k: int) -> None:
@@ -49,7 +61,14 @@ def leaves(probs: np.ndarray, thresholds: np.ndarray | float, *, last: bool) -> 
     leave here. At the last exit every row leaves."""
     if last:
         return np.ones(probs.shape[0], dtype=bool)
-    return np.asarray(probs.max(axis=1) >= thresholds)
+    return leaves_at(probs.max(axis=1), thresholds, last=False)
+
+
+def leaves_at(conf: np.ndarray, thresholds: np.ndarray | float, *, last: bool) -> np.ndarray:
+    """`leaves` on the softmax maxima conf [N] (from `softmax_max`) instead of probs [N, C]."""
+    if last:
+        return np.ones(conf.shape[0], dtype=bool)
+    return np.asarray(conf >= thresholds)
 
 
 def exit_index(conf: np.ndarray, thresholds: np.ndarray) -> np.ndarray:

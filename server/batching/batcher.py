@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import threading
@@ -32,13 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from elf_core.exits import leaves, softmax
+from elf_core.exits import leaves_at, softmax_max
 from server.batching.audit import Auditor
 from server.batching.controller import DelayWindow
 from server.batching.rows import (
     NeverFitsError,
     Part,
     QueueFullError,
+    Request,
     Row,
     RowResult,
     ShuttingDownError,
@@ -54,6 +56,7 @@ __all__ = [
     "Batcher",
     "NeverFitsError",
     "QueueFullError",
+    "Request",
     "Row",
     "RowResult",
     "ShuttingDownError",
@@ -97,6 +100,10 @@ class Batcher:
     # ---- client side (event loop) ----
 
     def start(self) -> None:
+        # What exists now (sessions, modules, the warmed model) lives as long as the process:
+        # keep it out of the cyclic collector, whose full passes over it stalled the worker and
+        # the event loop (one 45 ms pass per ~3,600 images in the bundled burst of bench.runner).
+        gc.freeze()
         self._thread = threading.Thread(
             target=self._loop, name=f"batcher-{self.model}", daemon=True
         )
@@ -133,20 +140,21 @@ class Batcher:
         self, xs: Sequence[np.ndarray], thresholds: Sequence[np.ndarray], timeout_s: float
     ) -> list[RowResult]:
         """Answers in the order of `xs`; TimeoutError after timeout_s (the rows are dropped)."""
-        loop = asyncio.get_running_loop()
         now = time.perf_counter()
+        if not xs:
+            return []
+        req = Request.start(asyncio.get_running_loop(), len(xs))
         rows = [
-            Row(x, np.asarray(t, dtype=np.float64), loop, loop.create_future(), now)
-            for x, t in zip(xs, thresholds, strict=True)
+            Row(x, np.asarray(t, dtype=np.float64), req, i, now)
+            for i, (x, t) in enumerate(zip(xs, thresholds, strict=True))
         ]
         self.submit(rows)
         try:
             async with asyncio.timeout(timeout_s):
-                return list(await asyncio.gather(*(r.future for r in rows)))
+                return await req.future
         except BaseException:
-            for r in rows:
-                r.cancelled = True
-                r.future.cancel()
+            req.cancelled = True
+            req.future.cancel()
             raise
 
     def stop(self, timeout_s: float | None = None) -> None:
@@ -275,15 +283,16 @@ class Batcher:
             return
         t1 = time.perf_counter()
         batch.compute_s += t1 - t0
-        probs = softmax(logits)  # [b, C]
+        probs, conf = softmax_max(logits)  # [b, C], [b]
         last = k == self.num_stages - 1
-        exits = leaves(probs, batch.thresholds[:, k], last=last)
+        exits = leaves_at(conf, batch.thresholds[:, k], last=last)
+        done = np.flatnonzero(exits)
         # Survivors are queued before the answers go out, so that a client answered here and
         # resubmitting at once finds the batcher's true state (see _deliver).
         if self.audit is not None and not last:
-            self.audit.select(k, features, np.flatnonzero(exits), probs.argmax(axis=1), t1)
-        keep = np.flatnonzero(~exits)
-        if keep.size:
+            self.audit.select(k, features, done, probs.argmax(axis=1), t1)
+        if done.size < len(rows):  # (never at the last stage)
+            keep = np.flatnonzero(~exits)
             batch.handle = features
             survivors = batch.select(keep)
             survivors.enqueued_at = t1
@@ -291,7 +300,6 @@ class Batcher:
                 self._queues[k + 1].append(survivors)
                 self._queued[k + 1] += keep.size
                 self._set_depth()
-        done = np.flatnonzero(exits)
         q_s, c_s = batch.queue_s.tolist(), batch.compute_s.tolist()
         self._deliver([(rows[i], RowResult(k, probs[i], q_s[i], c_s[i])) for i in done.tolist()])
         self._observe(k, len(rows), t1 - t0)
@@ -302,8 +310,10 @@ class Batcher:
         waited = m.child(m.queue_duration, self.model) if m is not None else None
         for row, value in answers:
             row.answered = True
-            if not row.cancelled:
-                by_loop.setdefault(row.loop, []).append((row.future, value))
+            req = row.request
+            if not req.cancelled and req.answer(row.slot, value):
+                error = value if isinstance(value, BaseException) else None
+                by_loop.setdefault(req.loop, []).append((req, error))
             if isinstance(value, RowResult):
                 if waited is not None:
                     waited.observe(value.queue_s)
@@ -317,7 +327,8 @@ class Batcher:
             # (eager when nothing is queued), not one that looks busy until it loops back.
             self._busy = False
         for loop, pairs in by_loop.items():
-            # One wake-up per loop and batch, not per row; a closed loop has nobody waiting.
+            # One wake-up per loop and batch, one future per request; a closed loop has nobody
+            # waiting.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(resolve, pairs)
 

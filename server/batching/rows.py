@@ -43,16 +43,47 @@ class RowResult:
 
 
 @dataclass(eq=False)
+class Request:
+    """One `Batcher.infer` call: its rows' answers collect here (worker thread only), and its one
+    future resolves on its event loop with all of them, or with the first error. One future and
+    one wake-up per request, not per image."""
+
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[list[RowResult]]
+    results: list[RowResult | None]  # by row, in the order of the request's images
+    remaining: int  # rows not answered yet
+    cancelled: bool = False  # timed out or the client went away: its rows are dropped
+
+    @classmethod
+    def start(cls, loop: asyncio.AbstractEventLoop, n: int) -> Request:
+        return cls(loop, loop.create_future(), [None] * n, n)
+
+    def answer(self, slot: int, value: RowResult | BaseException) -> bool:
+        """Record one row's answer; True when the request is complete (or failed) just now."""
+        if self.remaining <= 0:
+            return False  # already failed: the other rows' answers have nobody waiting
+        if isinstance(value, BaseException):
+            self.remaining = 0
+            return True
+        self.results[slot] = value
+        self.remaining -= 1
+        return self.remaining == 0
+
+
+@dataclass(eq=False)
 class Row:
     """One image on its way through the stages."""
 
     x: np.ndarray | None  # [C, H, W]; stage 0 reads it (the row then lives on in a Part)
     thresholds: np.ndarray  # [K] float64; inf = never exit here
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[RowResult]
+    request: Request
+    slot: int  # this row's place in request.results
     enqueued_at: float  # when the request reached the batcher
-    cancelled: bool = False
     answered: bool = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self.request.cancelled
 
     @property
     def arrived_at(self) -> float:
@@ -130,11 +161,12 @@ class Part:
         )
 
 
-def resolve(pairs: list[tuple[asyncio.Future[RowResult], RowResult | BaseException]]) -> None:
-    for fut, value in pairs:
-        if fut.done():  # timed out or cancelled meanwhile
+def resolve(requests: list[tuple[Request, BaseException | None]]) -> None:
+    """On the requests' event loop: complete each future with its results, or its error."""
+    for req, error in requests:
+        if req.future.done():  # timed out or cancelled meanwhile
             continue
-        if isinstance(value, BaseException):
-            fut.set_exception(value)
+        if error is not None:
+            req.future.set_exception(error)
         else:
-            fut.set_result(value)
+            req.future.set_result(req.results)  # type: ignore[arg-type]  # all set by now

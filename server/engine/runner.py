@@ -1,8 +1,10 @@
 """Run stage graphs with IOBinding so features stay on the device; only logits reach the host.
 
 The same code runs on CPU (device "cpu") and CUDA (device "cuda"): stage k's features output is
-bound to the device, handed to stage k+1 (or to the merge graph that drops exited rows and joins
-rows from several batches) as an OrtValue, and never copied to numpy.
+bound to the device, handed to stage k+1 (or to the merge that drops exited rows and joins rows
+from several batches) as an OrtValue, and never copied to numpy. On CUDA the merge is a small
+Gather/Concat graph; on CPU it is numpy on zero-copy views of the features (it copies only the
+kept rows, once, where the graph copies every part whole and then the kept rows).
 """
 
 from __future__ import annotations
@@ -27,9 +29,16 @@ FeatureRows = tuple[ort.OrtValue, np.ndarray]
 class OnnxStageRunner:
     """Implements the batcher's StageExecutor over ONNX Runtime stage sessions."""
 
-    def __init__(self, manifest: Manifest, stages: StageSessions, max_parts: int = 32) -> None:
-        """max_parts: most parts one merge joins (the batcher's max_batch_size); more are joined
-        in groups."""
+    def __init__(
+        self,
+        manifest: Manifest,
+        stages: StageSessions,
+        max_parts: int = 32,
+        host_merge: bool | None = None,
+    ) -> None:
+        """max_parts: most parts one merge graph joins (the batcher's max_batch_size); more are
+        joined in groups. host_merge: merge CPU features with numpy instead of the merge graph
+        (default: on CPU; the graph keeps CUDA features on the device)."""
         self.manifest = manifest
         self.stages = stages
         self.num_stages = len(manifest.stages)
@@ -40,6 +49,9 @@ class OnnxStageRunner:
         self._merge: dict[tuple[int, str], ort.InferenceSession] = {}
         self._empties: dict[tuple[tuple[int, ...], str], ort.OrtValue] = {}
         self._merge_options = session_options(1, False, stages.requested)
+        self.host_merge = self.device == "cpu" if host_merge is None else host_merge
+        if self.host_merge and self.device != "cpu":
+            raise ValueError(f"host_merge needs CPU features, not {self.device!r} ones")
         self._check_graph_names()
 
     def _check_graph_names(self) -> None:
@@ -81,15 +93,17 @@ class OnnxStageRunner:
         return self._run_merge(parts)
 
     def _run_merge(self, parts: Sequence[FeatureRows]) -> ort.OrtValue:
-        if len(parts) > self.merge_arity:  # more parts than the graph has inputs: join in groups
-            n = self.merge_arity
-            joined = [self._run_merge(parts[i : i + n]) for i in range(0, len(parts), n)]
-            return self._run_merge([(j, np.arange(j.shape()[0])) for j in joined])
         sizes = [h.shape()[0] for h, _ in parts]
         for i, ((_, r), b) in enumerate(zip(parts, sizes, strict=True)):
             # On CUDA an out-of-range Gather index yields zeros where the CPU raises: refuse here.
             if r.size and (r.min() < 0 or r.max() >= b):
                 raise EngineError(f"merge part {i}: rows {r.tolist()} outside [0, {b})")
+        if self.host_merge:
+            return self._merge_on_host(parts)
+        if len(parts) > self.merge_arity:  # more parts than the graph has inputs: join in groups
+            n = self.merge_arity
+            joined = [self._run_merge(parts[i : i + n]) for i in range(0, len(parts), n)]
+            return self._run_merge([(j, np.arange(j.shape()[0])) for j in joined])
         offsets = np.cumsum([0, *sizes[:-1]])
         rows = np.concatenate([r + o for (_, r), o in zip(parts, offsets, strict=True)])
         first = parts[0][0]
@@ -106,6 +120,23 @@ class OnnxStageRunner:
         binding.bind_output("y", self.device, self.device_id)
         sess.run_with_iobinding(binding)
         return binding.get_outputs()[0]
+
+    @staticmethod
+    def _merge_on_host(parts: Sequence[FeatureRows]) -> ort.OrtValue:
+        """CPU features: copy only the kept rows, straight into the merged batch [sum m_i, ...].
+        `OrtValue.numpy()` of a CPU tensor is a view (no copy); the merge graph would copy every
+        part whole (Concat) and then the kept rows (Gather)."""
+        first = parts[0][0]
+        shape = [sum(r.size for _, r in parts), *first.shape()[1:]]
+        # Memory owned by ONNX Runtime, not by a numpy array: views of it stay valid for as long
+        # as anyone holds one (a numpy-backed OrtValue's views dangle once the OrtValue is gone).
+        merged = ort.OrtValue.ortvalue_from_shape_and_type(shape, first.numpy().dtype.type)
+        out = merged.numpy()
+        at = 0
+        for handle, rows in parts:
+            np.take(handle.numpy(), rows, axis=0, out=out[at : at + rows.size])
+            at += rows.size
+        return merged
 
     def _empty(self, trailing: Sequence[int], dtype: str) -> ort.OrtValue:
         key = (tuple(trailing), dtype)
@@ -145,10 +176,11 @@ class OnnxStageRunner:
                 h, _ = self.run(k, h)
                 if b == min(batch_sizes) and h is not None:
                     first_features.append(h)
-        one_row = np.zeros(1, dtype=np.int64)
-        for feats in first_features:
-            for n in sorted({1, self.merge_arity}):
-                self._run_merge([(feats, one_row)] * n)
+        if not self.host_merge:  # the merge graph per feature shape (numpy needs no warm-up)
+            one_row = np.zeros(1, dtype=np.int64)
+            for feats in first_features:
+                for n in sorted({1, self.merge_arity}):
+                    self._run_merge([(feats, one_row)] * n)
         log.info(
             "%s: warmed %d stages at batch sizes %s, %d merge graph(s) of %d inputs",
             self.manifest.name,

@@ -15,7 +15,14 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from server.batching.batcher import Batcher, QueueFullError, Row, RowResult, ShuttingDownError
+from server.batching.batcher import (
+    Batcher,
+    QueueFullError,
+    Request,
+    Row,
+    RowResult,
+    ShuttingDownError,
+)
 from server.batching.scheduling import Policy
 from server.metrics import Metrics
 from tests.server.fake_stages import FakeStages, row_inputs
@@ -51,11 +58,11 @@ def thr(*t: float) -> np.ndarray:
 
 def submit(b: Batcher, ids: list[int], t: np.ndarray) -> asyncio.Future[list[RowResult]]:
     """Queue rows at once (Batcher.infer without waiting for the answers)."""
-    loop = asyncio.get_running_loop()
     now = time.perf_counter()
-    rows = [Row(x, t, loop, loop.create_future(), now) for x in row_inputs(ids)]
+    req = Request.start(asyncio.get_running_loop(), len(ids))
+    rows = [Row(x, t, req, i, now) for i, x in enumerate(row_inputs(ids))]
     b.submit(rows)
-    return asyncio.gather(*(r.future for r in rows))
+    return req.future
 
 
 async def started(stages: FakeStages) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -43,6 +44,16 @@ def runner(tiny_model_dir: Path) -> OnnxStageRunner:
     return OnnxStageRunner(manifest, stages, max_parts=settings.max_batch_size)
 
 
+@pytest.fixture(scope="module", params=["host", "graph"])
+def merger(request: pytest.FixtureRequest, tiny_model_dir: Path) -> OnnxStageRunner:
+    """Both merges of CPU features: numpy (the CPU default) and the merge graph (CUDA's)."""
+    manifest = load_manifest(tiny_model_dir)
+    settings = make_settings(tiny_model_dir)
+    stages = load_stage_sessions(manifest, tiny_model_dir, settings)
+    host = request.param == "host"
+    return OnnxStageRunner(manifest, stages, settings.max_batch_size, host_merge=host)
+
+
 def test_iobinding_chain_equals_plain_session_runs(
     runner: OnnxStageRunner, tiny_model_dir: Path, pixels: np.ndarray
 ) -> None:
@@ -65,8 +76,9 @@ def test_iobinding_chain_equals_plain_session_runs(
 
 
 def test_runner_merge_drops_and_joins_rows_on_the_device(
-    runner: OnnxStageRunner, pixels: np.ndarray
+    merger: OnnxStageRunner, pixels: np.ndarray
 ) -> None:
+    runner = merger
     a, _ = runner.run(0, runner.to_device(normalise(pixels[:4])))
     b, _ = runner.run(0, runner.to_device(normalise(pixels[4:7])))
     assert a is not None and b is not None
@@ -75,13 +87,28 @@ def test_runner_merge_drops_and_joins_rows_on_the_device(
     np.testing.assert_array_equal(merged.numpy(), expected)
     # Nothing dropped, one part: the same OrtValue goes on, no copy.
     assert runner.merge([(a, np.arange(4))]) is a
+    # The merged batch is a copy: rewriting it leaves the parts (still queued elsewhere) alone.
+    before = a.numpy().copy()
+    merged.numpy()[:] = 7.0
+    np.testing.assert_array_equal(a.numpy(), before)
+    assert merged.numpy().ctypes.data not in (a.data_ptr(), b.data_ptr())
+
+
+def test_host_merge_is_the_cpu_default_and_refused_off_cpu(runner: OnnxStageRunner) -> None:
+    assert runner.device == "cpu" and runner.host_merge
+    stages = dataclasses.replace(runner.stages, device="cuda")
+    with pytest.raises(ValueError, match="host_merge needs CPU features"):
+        OnnxStageRunner(runner.manifest, stages, host_merge=True)
 
 
 def test_warm_up_makes_one_merge_graph_of_max_batch_size_inputs(tiny_model_dir: Path) -> None:
     manifest = load_manifest(tiny_model_dir)
     settings = make_settings(tiny_model_dir, max_batch_size=4)
     stages = load_stage_sessions(manifest, tiny_model_dir, settings)
-    r = OnnxStageRunner(manifest, stages, max_parts=4)
+    host = OnnxStageRunner(manifest, stages, max_parts=4)
+    host.warm_up([1, 2])
+    assert host._merge == {}  # CPU features merge in numpy: no graph to build
+    r = OnnxStageRunner(manifest, stages, max_parts=4, host_merge=False)
     r.warm_up([1, 2, 3, 4])
     assert list(r._merge) == [(4, "float32")]
     assert [i.name for i in r._merge[4, "float32"].get_inputs()] == [
@@ -103,9 +130,11 @@ def per_arity_merge(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
 
 @pytest.mark.parametrize("arity", list(range(1, 12)))
 def test_one_padded_merge_graph_equals_the_per_arity_graphs(
-    runner: OnnxStageRunner, arity: int
+    merger: OnnxStageRunner, arity: int
 ) -> None:
-    """Every arity up to and past the graph's inputs (8 here: more are joined in groups)."""
+    """Every arity up to and past the graph's inputs (8 here: more are joined in groups); the
+    numpy merge gives the same bytes."""
+    runner = merger
     assert runner.merge_arity == 8
     rng = np.random.default_rng(arity)
     parts = []
@@ -117,10 +146,11 @@ def test_one_padded_merge_graph_equals_the_per_arity_graphs(
     expected = np.concatenate([x[r] for x, r in parts])
     np.testing.assert_array_equal(merged, expected)
     np.testing.assert_array_equal(merged, per_arity_merge(parts))
-    assert len(runner._merge) == 1
+    assert len(runner._merge) == (0 if runner.host_merge else 1)
 
 
-def test_merge_refuses_rows_outside_a_part(runner: OnnxStageRunner) -> None:
+def test_merge_refuses_rows_outside_a_part(merger: OnnxStageRunner) -> None:
+    runner = merger
     a = runner.to_device(np.zeros((3, 16, 14, 14), np.float32))
     b = runner.to_device(np.zeros((2, 16, 14, 14), np.float32))
     with pytest.raises(EngineError, match=r"merge part 1: rows \[0, 2\] outside \[0, 2\)"):
