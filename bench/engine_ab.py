@@ -3,8 +3,8 @@
 The other commit is exported with `git archive` into runs/ab/<commit>/ (its own server/ and
 bench/, this tree's models and images), and `python -m bench.runner` runs there and here
 alternately (`--rounds` times each, A B A B ...), so both see the same machine state. Each run's
-`batcher` (deepest-first, the policy both commits have) is compared through its ratio to the
-same run's `stages` and "ideal by stage times", which cancels drift between runs.
+`batcher` (deepest-first) and `batcher-age` (age-aware, the default) are compared through their
+ratios to the same run's `stages` and "ideal by stage times", which cancels drift between runs.
 
     python -m bench.engine_ab --base 70109ea --models bundled --rounds 2
 """
@@ -37,23 +37,41 @@ def run_runner(src: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]
     here = Path.cwd()
     cmd = [sys.executable, "-m", "bench.runner", "--models", *args.models, "--batch-sizes", "32"]
     cmd += ["--reps", str(args.reps), "--out", str(out.resolve())]
-    cmd += ["--model-dir", str(here / "models/fashion-mnist-lt")]
-    cmd += ["--heavy-model-dir", str(here / "runs/bench-models/resnet50-224")]
-    cmd += ["--image-root", str(here / "runs/bench-images")]
+    cmd += ["--model-dir", str((here / args.model_dir).resolve())]
+    cmd += ["--heavy-model-dir", str((here / args.heavy_model_dir).resolve())]
+    cmd += ["--image-root", str((here / args.image_root).resolve())]
     env = os.environ | {"PYTHONPATH": str(src.resolve())}
     subprocess.run(cmd, cwd=src, env=env, check=True)
     return json.loads((out / "runner.json").read_text(encoding="utf-8"))
 
 
 def batcher_row(result: dict[str, Any], model: str) -> dict[str, float]:
+    """Both policies' batcher (deepest-first `batcher`, age-aware `age`) against the same run's
+    stage chain, ideal by stage times and full.onnx."""
     m = next(m for m in result["models"] if m["model"] == model)
     rows = {r["variant"]: r for r in m["rows"] if r["batch"] == 32}
-    b, st = rows["batcher"], rows["stages"]
-    return {
-        "batcher_ms": b["ms_per_image"],
-        "over_stage_ideal": b["ms_per_image"] / b["stage_time_ideal_ms_per_image"],
-        "over_stages": b["ms_per_image"] / st["ms_per_image"],
-    }
+    st = rows["stages"]
+    out = {}
+    for variant, name in (("batcher", "batcher"), ("batcher-age", "age")):
+        if variant not in rows:  # an older bench.runner without this variant
+            continue
+        b = rows[variant]
+        out |= {
+            f"{name}_ms": b["ms_per_image"],
+            f"{name}_over_stage_ideal": b["ms_per_image"] / b["stage_time_ideal_ms_per_image"],
+            f"{name}_over_stages": b["ms_per_image"] / st["ms_per_image"],
+            f"{name}_saving_efficiency": b["saving_efficiency"],
+            f"{name}_vs_full": b["time_vs_full"],
+        }
+    # The zero-overhead engine's time over full.onnx's in this run (the stage chain's noise).
+    out["stage_ideal_vs_full"] = b["stage_time_ideal_ms_per_image"] / rows["full"]["ms_per_image"]
+    return out
+
+
+def pooled_ideal(runs: list[dict[str, Any]], model: str) -> float:
+    """Ideal by stage times over full.onnx, pooled over every run of both trees (median): one
+    tree's unlucky `stages` timing then moves neither tree's ratio."""
+    return float(statistics.median(r[model]["stage_ideal_vs_full"] for r in runs))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("bench/results/engine_ab.json"))
+    p.add_argument("--model-dir", type=Path, default=Path("models/fashion-mnist-lt"))
+    p.add_argument("--heavy-model-dir", type=Path, default=Path("runs/bench-models/resnet50-224"))
+    p.add_argument("--image-root", type=Path, default=Path("runs/bench-images"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     base = export(args.base, Path("runs/ab"))
@@ -84,6 +105,16 @@ def main(argv: list[str] | None = None) -> None:
     result: dict[str, Any] = {
         "command": " ".join(["python -m bench.engine_ab", *(argv or sys.argv[1:])])
     }
+    every = [r for runs in got.values() for r in runs]
+    for name, runs in got.items():
+        for m in args.models:
+            ideal = pooled_ideal(every, m)
+            summary[name][m]["stage_ideal_vs_full_pooled"] = round(ideal, 4)
+            for v in ("batcher", "age"):
+                key = f"{v}_vs_full"
+                if key in runs[0][m]:
+                    med = statistics.median(r[m][key] for r in runs)
+                    summary[name][m][f"{v}_over_pooled_stage_ideal"] = round(med / ideal, 4)
     result |= {"rounds": args.rounds, "reps": args.reps, "summary": summary, "runs": got}
     args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     log.info("%s", json.dumps(summary, indent=1))

@@ -139,7 +139,9 @@ def main(argv: list[str] | None = None) -> None:
         "threads": threads,
         "load": json.loads((work / f"engine_policy_{args.models}.json").read_text())["rows"],
     }
-    stem = args.out / f"engine_profile_{args.models}"
+    policy = "" if args.policy == "deepest-first" else f"_{args.policy}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"engine_profile_{args.models}{policy}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     stem.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
     log.info("wrote %s.{json,md}", stem)

@@ -11,7 +11,9 @@ from elf_core.exits import (
     exit_index,
     exit_thresholds,
     leaves,
+    leaves_at,
     softmax,
+    softmax_max,
 )
 
 
@@ -22,6 +24,27 @@ def test_softmax_is_stable_float64_and_matches_the_formula() -> None:
     e = np.exp([[1.0, 2.0, 0.0]])
     np.testing.assert_allclose(p[0], (e / e.sum())[0], rtol=1e-12)
     np.testing.assert_allclose(p[1], [0.25, 0.25, 0.5], rtol=1e-6)
+
+
+def test_softmax_max_is_the_softmax_and_its_maximum_bit_for_bit() -> None:
+    """The batcher decides exits on softmax_max's maxima: they must be probs.max(axis=1) exactly
+    (a row at its threshold exits the same way), and the probabilities the same as softmax's."""
+    rng = np.random.default_rng(0)
+    for scale in (0.01, 1.0, 30.0, 1e4):
+        logits = (rng.normal(size=(64, 10)) * scale).astype(np.float32)
+        z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)  # the formula, by hand
+        e = np.exp(z)
+        expected = e / e.sum(axis=1, keepdims=True)
+        probs, conf = softmax_max(logits)
+        np.testing.assert_array_equal(probs, expected)
+        np.testing.assert_array_equal(softmax(logits), expected)
+        np.testing.assert_array_equal(conf, expected.max(axis=1))
+        t = np.sort(conf)[::8]  # thresholds equal to some rows' maxima
+        for v in t:
+            np.testing.assert_array_equal(
+                leaves_at(conf, v, last=False), leaves(probs, v, last=False)
+            )
+        assert leaves_at(conf, 2.0, last=True).all()
 
 
 @pytest.mark.parametrize(

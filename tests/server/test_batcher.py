@@ -7,6 +7,7 @@ worker went back to waiting with rows still queued."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -296,3 +297,43 @@ def test_metrics_see_every_stage_batch() -> None:
     assert get("elf_stage_duration_seconds_count", {"model": "m", "stage": "1"}) == 1
     assert get("elf_queue_duration_seconds_count", {"model": "m"}) == 2
     assert get("elf_queue_depth", {"model": "m"}) == 0
+
+
+def test_one_request_future_gathers_rows_answered_in_different_batches() -> None:
+    """Rows of one request leave at different stages and batches; its one future resolves once,
+    with every answer in the request's order, and an empty request answers at once."""
+    confs = [[0.2, 0.9], [0.9, 0.9], [0.2, 0.9], [0.9, 0.9], [0.2, 0.9]]
+    stages = FakeStages(confs, [[i % 4, (i + 1) % 4] for i in range(5)])
+
+    async def go() -> tuple[list[RowResult], list[RowResult]]:
+        with running(stages, max_batch_size=2) as b:
+            empty = await b.infer([], [], 5)
+            return empty, await b.infer(row_inputs(range(5)), [thr(0.5, 0)] * 5, 5)
+
+    empty, res = asyncio.run(go())
+    assert empty == []
+    assert [r.exit_index for r in res] == [1, 0, 1, 0, 1]
+    assert [int(np.argmax(r.probs)) for r in res] == [1, 1, 3, 3, 1]
+    assert sorted({k for k, _ in stages.batches}) == [0, 1] and len(stages.batches) > 2
+
+
+def test_request_answers_once_and_the_first_error_wins() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        req = Request.start(loop, 3)
+        ok = RowResult(0, np.array([1.0]), 0.0, 0.0)
+        assert not req.answer(2, ok) and not req.answer(0, ok)
+        assert req.answer(1, ok) and req.results == [ok, ok, ok]
+        failed = Request.start(loop, 3)
+        assert not failed.answer(0, ok)
+        assert failed.answer(1, RuntimeError("boom"))  # completes the request (as an error)
+        assert not failed.answer(2, ok) and not failed.answer(2, RuntimeError("again"))
+    finally:
+        loop.close()
+
+
+def test_start_freezes_what_exists_out_of_the_cyclic_collector() -> None:
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    with running(FakeStages([[0.9]])):
+        assert gc.get_freeze_count() > 0
