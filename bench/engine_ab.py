@@ -51,7 +51,7 @@ def batcher_row(result: dict[str, Any], model: str) -> dict[str, float]:
     m = next(m for m in result["models"] if m["model"] == model)
     rows = {r["variant"]: r for r in m["rows"] if r["batch"] == 32}
     st = rows["stages"]
-    out = {}
+    out: dict[str, float] = {}
     for variant, name in (("batcher", "batcher"), ("batcher-age", "age")):
         if variant not in rows:  # an older bench.runner without this variant
             continue

@@ -44,9 +44,7 @@ def run(src: Path, out: Path, args: argparse.Namespace) -> list[dict[str, float]
 
 def summarise(bursts: list[dict[str, float]]) -> dict[str, float]:
     med = {k: round(statistics.median(b[k] for b in bursts), 4) for k in bursts[0]}
-    engine = [
-        (b["burst"] - b["stage_slower_in_burst"]) / b["ideal_by_stage_times"] for b in bursts
-    ]
+    engine = [(b["burst"] - b["stage_slower_in_burst"]) / b["ideal_by_stage_times"] for b in bursts]
     ratio = [b["burst"] / b["ideal_by_stage_times"] for b in bursts]
     return med | {
         "ratio_to_ideal": round(statistics.median(ratio), 4),
