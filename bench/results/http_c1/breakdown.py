@@ -18,6 +18,8 @@ imgs = [
 ]
 env = [kv for kv in sys.argv[1:] if kv]
 spec = elf_spec("elf", model, env, None)
+if "SRC" in os.environ:  # serve another tree (a prototype)
+    spec.env["PYTHONPATH"] = os.environ["SRC"]
 with running(spec, Path("runs/explore-logs"), 120) as srv:
     host, port = srv.url.split("//")[1].split(":")
     c = http.client.HTTPConnection(host, int(port))
