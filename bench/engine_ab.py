@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.machine import git_commit
+
 log = logging.getLogger("bench.engine_ab")
 
 
@@ -87,9 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     base = export(args.base, Path("runs/ab"))
-    git = ["git", "rev-parse", "--short", "HEAD"]
-    head = subprocess.run(git, capture_output=True, text=True, check=True)
-    trees = {f"base {args.base}": base, f"head {head.stdout.strip()}": Path.cwd()}
+    trees = {f"base {args.base}": base, f"head {git_commit()}": Path.cwd()}
     got: dict[str, list[dict[str, Any]]] = {k: [] for k in trees}
     for i in range(args.rounds):
         for name, src in trees.items():

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.engine_ab import export
+from bench.machine import git_commit
 
 log = logging.getLogger("bench.engine_overhead_ab")
 
@@ -66,9 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     base = export(args.base, Path("runs/ab"))
     shutil.copy(Path(__file__), base / "bench" / "engine_overhead_ab.py")
     shutil.copy(Path(__file__).with_name("engine_overhead.py"), base / "bench")
-    git = ["git", "rev-parse", "--short", "HEAD"]
-    head = subprocess.run(git, capture_output=True, text=True, check=True).stdout.strip()
-    trees = {f"base {args.base}": base, f"head {head}": Path.cwd()}
+    trees = {f"base {args.base}": base, f"head {git_commit()}": Path.cwd()}
     got: dict[str, list[dict[str, float]]] = {k: [] for k in trees}
     for i in range(args.rounds):
         for name, src in trees.items():
