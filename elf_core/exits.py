@@ -59,9 +59,7 @@ def exit_thresholds(values: Sequence[float], k: int) -> np.ndarray:
 def leaves(probs: np.ndarray, thresholds: np.ndarray | float, *, last: bool) -> np.ndarray:
     """probs [N, C] of one exit, thresholds [N] (per row) or one value -> bool [N]: which rows
     leave here. At the last exit every row leaves."""
-    if last:
-        return np.ones(probs.shape[0], dtype=bool)
-    return leaves_at(probs.max(axis=1), thresholds, last=False)
+    return leaves_at(probs.max(axis=1), thresholds, last=last)
 
 
 def leaves_at(conf: np.ndarray, thresholds: np.ndarray | float, *, last: bool) -> np.ndarray:

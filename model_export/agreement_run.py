@@ -17,7 +17,7 @@ from pathlib import Path
 
 from elf_core.agreement import Agreement, exit_agreement, write_agreement
 from elf_core.manifest import load_manifest
-from model_export.calibrate_run import split_probs
+from model_export.calibrate_run import SplitProbs, split_probs
 from model_export.runtime import StageChain, providers_for
 from model_export.splits import model_splits
 from training.data import DataSplits
@@ -34,14 +34,23 @@ def add_agreement(
 
 
 def measure_agreement(
-    model_dir: Path, splits: DataSplits, device: str, batch_size: int, progress: bool
+    model_dir: Path,
+    splits: DataSplits,
+    device: str,
+    batch_size: int,
+    progress: bool,
+    *,
+    val: SplitProbs | None = None,
 ) -> Agreement:
-    """Run the directory's stage graphs over splits.val at its manifest's thresholds."""
+    """Run the directory's stage graphs over splits.val at its manifest's thresholds (val: their
+    split_probs, when the caller has them already)."""
     manifest = load_manifest(model_dir)
-    runner = StageChain([model_dir / s.file for s in manifest.stages], providers_for(device))
-    probs, labels = split_probs(
-        runner, splits.val, splits, batch_size=batch_size, desc="agreement", progress=progress
-    )
+    if val is None:
+        runner = StageChain([model_dir / s.file for s in manifest.stages], providers_for(device))
+        val = split_probs(
+            runner, splits.val, splits, batch_size=batch_size, desc="agreement", progress=progress
+        )
+    probs, labels = val
     agreement = Agreement(
         split="validation",
         images=int(labels.size),

@@ -33,6 +33,10 @@ def iter_batches(
         yield data.batch(idx).numpy(), data.labels[idx].numpy()
 
 
+# Softmax of every exit over a split, and its labels: ([K] arrays [N, C], [N]).
+SplitProbs = tuple[list[np.ndarray], np.ndarray]
+
+
 def split_probs(
     runner: StageChain,
     data: ImageDataset,
@@ -41,7 +45,7 @@ def split_probs(
     batch_size: int,
     desc: str,
     progress: bool,
-) -> tuple[list[np.ndarray], np.ndarray]:
+) -> SplitProbs:
     """Softmax of every exit over a split: ([K] arrays [N, C], labels [N])."""
     batches = iter_batches(data, batch_size, desc, progress)
     logits, labels = collect_logits(runner, batches, splits.mean, splits.std)
@@ -60,12 +64,14 @@ def run_calibration(
     progress: bool = True,
     tail_tolerance: float | None = None,
     protect_classes: Sequence[int] | None = None,
+    val: SplitProbs | None = None,
 ) -> CalibrationOutcome:
-    """tail_tolerance: tail protection of the tail third, or of `protect_classes`."""
+    """tail_tolerance: tail protection of the tail third, or of `protect_classes`; val: these
+    stage graphs' split_probs over splits.val, when the caller has them already."""
     runner = StageChain(stage_paths, providers)
     ratio = [c / flops_full for c in cumulative_flops]
     tail = class_thirds(splits.train_class_counts)[2]
-    val_probs, val_labels = split_probs(
+    val_probs, val_labels = val or split_probs(
         runner, splits.val, splits, batch_size=batch_size, desc="validation", progress=progress
     )
     log.info("calibrating on %d validation images (tolerance %g)", val_labels.size, tolerance)

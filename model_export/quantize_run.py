@@ -39,7 +39,7 @@ from elf_core.manifest import (
     sha256_file,
     write_manifest,
 )
-from model_export.calibrate_run import split_probs
+from model_export.calibrate_run import SplitProbs, split_probs
 from model_export.export import DEFAULT_TOLERANCE
 from model_export.quantize import PRECISIONS, quantize_stages
 from model_export.recalibrate import recalibrate
@@ -130,18 +130,19 @@ class _Job:
     cfg: QuantizeConfig
 
 
-def _agreement(job: _Job, dst: Manifest) -> tuple[float, float]:
+def _val_probs(job: _Job, model_dir: Path) -> SplitProbs:
+    """The directory's (SRC's or DST's, same stage files) exit probabilities on validation."""
+    chain = StageChain([model_dir / s.file for s in job.src.stages], providers_for(job.cfg.device))
+    return split_probs(chain, job.splits.val, job.splits, batch_size=job.cfg.batch_size,
+                       desc="validation", progress=job.cfg.progress)  # fmt: skip
+
+
+def _agreement(job: _Job, dst: Manifest, dst_probs: list[np.ndarray]) -> tuple[float, float]:
     """(final-exit, served) agreement of dst with src on the validation split."""
-    src, splits, cfg = job.src, job.splits, job.cfg
-    probs = []
-    for m, d in ((src, job.src_dir), (dst, job.tmp)):
-        chain = StageChain([d / s.file for s in m.stages], providers_for(cfg.device))
-        p, _ = split_probs(chain, splits.val, splits, batch_size=cfg.batch_size,
-                           desc="agreement", progress=cfg.progress)  # fmt: skip
-        probs.append(p)
-    final = float(np.mean(probs[0][-1].argmax(1) == probs[1][-1].argmax(1)))
-    served_src, _ = early_exit(probs[0], src.thresholds)
-    served_dst, _ = early_exit(probs[1], dst.thresholds)
+    src_probs, _ = _val_probs(job, job.src_dir)
+    final = float(np.mean(src_probs[-1].argmax(1) == dst_probs[-1].argmax(1)))
+    served_src, _ = early_exit(src_probs, job.src.thresholds)
+    served_dst, _ = early_exit(dst_probs, dst.thresholds)
     return final, float(np.mean(served_src == served_dst))
 
 
@@ -201,9 +202,13 @@ def _build(job: _Job, calib: np.ndarray) -> tuple[Manifest, CalibrationOutcome]:
     _check_stages(src, tmp)
     write_manifest(_with_stages(src, tmp, cfg.name or cfg.out.name), tmp)
     tol, tail, protect = _rule(src, cfg)
+    # One validation pass of the new stages serves the threshold search, agreement.json and the
+    # agreement with SRC below.
+    val = _val_probs(job, tmp)
     manifest, outcome = recalibrate(tmp, tol, cfg.device, cfg.batch_size, cfg.progress,
-                                    tail_tolerance=tail, protect_classes=protect)  # fmt: skip
-    final, served = _agreement(job, manifest)
+                                    tail_tolerance=tail, protect_classes=protect,
+                                    val=val)  # fmt: skip
+    final, served = _agreement(job, manifest, val[0])
     log.info("agreement with %s on validation: final exit %.4f, served %.4f", src.name, final,
              served)  # fmt: skip
     if final < cfg.min_agreement:

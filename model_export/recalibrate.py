@@ -12,7 +12,7 @@ from pathlib import Path
 
 from elf_core.manifest import MANIFEST_FILE, Manifest, load_manifest
 from model_export.agreement_run import measure_agreement
-from model_export.calibrate_run import run_calibration
+from model_export.calibrate_run import SplitProbs, run_calibration, split_probs
 from model_export.report import (
     CalibrationOutcome,
     exit_specs,
@@ -20,7 +20,7 @@ from model_export.report import (
     write_curve,
     write_plot,
 )
-from model_export.runtime import providers_for
+from model_export.runtime import StageChain, providers_for
 from model_export.splits import model_splits
 
 
@@ -33,12 +33,20 @@ def recalibrate(
     *,
     tail_tolerance: float | None = None,
     protect_classes: tuple[int, ...] | None = None,
+    val: SplitProbs | None = None,
 ) -> tuple[Manifest, CalibrationOutcome]:
-    """With `tail_tolerance`, tail-protected (see elf_core.calibration.calibrate)."""
+    """With `tail_tolerance`, tail-protected (see elf_core.calibration.calibrate). val: the
+    directory's split_probs over the validation split, when the caller has them already; the
+    threshold search and agreement.json share one pass either way."""
     manifest = load_manifest(model_dir)
     splits = model_splits(model_dir, manifest)
+    stage_paths = [model_dir / s.file for s in manifest.stages]
+    if val is None:
+        chain = StageChain(stage_paths, providers_for(device))
+        val = split_probs(chain, splits.val, splits, batch_size=batch_size, desc="validation",
+                          progress=progress)  # fmt: skip
     outcome = run_calibration(
-        [model_dir / s.file for s in manifest.stages],
+        stage_paths,
         splits,
         [e.cumulative_flops for e in manifest.exits],
         manifest.flops_full,
@@ -48,6 +56,7 @@ def recalibrate(
         progress=progress,
         tail_tolerance=tail_tolerance,
         protect_classes=protect_classes,
+        val=val,
     )
     exits = exit_specs(outcome.val.chosen.thresholds, outcome.cumulative_flops)
     updated = Manifest.model_validate(
@@ -63,5 +72,5 @@ def recalibrate(
     tmp = model_dir / (MANIFEST_FILE + ".tmp")
     tmp.write_text(updated.model_dump_json(indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, model_dir / MANIFEST_FILE)
-    measure_agreement(model_dir, splits, device, batch_size, progress)  # new thresholds
+    measure_agreement(model_dir, splits, device, batch_size, progress, val=val)  # new thresholds
     return updated, outcome

@@ -18,15 +18,14 @@ from __future__ import annotations
 import importlib.util
 import multiprocessing
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import uvicorn
 
 from server.http_protocol import MAX_HEAD_BYTES, HeadCappedHttpToolsProtocol
-from server.settings import Settings
+from server.settings import HttpServer, Settings
 
 APP_FACTORY = "server.app:app_from_env"
-HttpServer = Literal["uvicorn", "granian"]
 
 
 @dataclass(frozen=True)

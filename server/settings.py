@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PositiveInt = Annotated[int, Field(gt=0)]
 
 
+HttpServer = Literal["uvicorn", "granian"]
+
+
 class Settings(BaseSettings):
     """Everything the service needs; `Settings()` reads `ELF_<FIELD>` (case-insensitive)."""
 
@@ -94,7 +97,7 @@ class Settings(BaseSettings):
 
     workers: PositiveInt = 1
     # The HTTP server in front of the app (server/frontend.py); granian needs the granian extra.
-    http_server: Literal["uvicorn", "granian"] = "uvicorn"
+    http_server: HttpServer = "uvicorn"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")

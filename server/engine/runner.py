@@ -174,13 +174,12 @@ class OnnxStageRunner:
             for k in range(self.num_stages):
                 assert h is not None
                 h, _ = self.run(k, h)
-                if b == min(batch_sizes) and h is not None:
-                    first_features.append(h)
-        if not self.host_merge:  # the merge graph per feature shape (numpy needs no warm-up)
-            one_row = np.zeros(1, dtype=np.int64)
-            for feats in first_features:
-                for n in sorted({1, self.merge_arity}):
-                    self._run_merge([(feats, one_row)] * n)
+                if b == min(batch_sizes) and h is not None and not self.host_merge:
+                    first_features.append(h)  # the merge graph's warm-up below
+        one_row = np.zeros(1, dtype=np.int64)  # the merge graph per feature shape (numpy: none)
+        for feats in first_features:
+            for n in sorted({1, self.merge_arity}):
+                self._run_merge([(feats, one_row)] * n)
         log.info(
             "%s: warmed %d stages at batch sizes %s, %d merge graph(s) of %d inputs",
             self.manifest.name,
