@@ -3,7 +3,7 @@
 #   bench/http_profile.sh OUT.raw [SRC_DIR]   (SRC_DIR: the code to serve, default this checkout)
 # Needs wrk and py-spy (dev extra), and runs/bench-http-logs/bundled-images.tsv (written by
 # `python -m bench.http --models bundled`). Summary: python -m bench.pyspy_summary OUT.raw
-# Env: C (concurrency, 32), DUR (seconds, 12), MODEL (models/fashion-mnist-lt), HTTP_SERVER
+# Env: VENV_BIN (default ./.venv/bin), C (concurrency, 32), DUR (seconds, 12), MODEL (models/fashion-mnist-lt), HTTP_SERVER
 # (uvicorn | granian; granian: the worker process that runs the app is profiled, and py-spy sees
 # only its Python threads, not Granian's Rust threads nor the Rust code's own time).
 set -eu
@@ -12,8 +12,10 @@ src=${2:-$PWD}
 C=${C:-32}
 DUR=${DUR:-12}
 list=runs/bench-http-logs/bundled-images.tsv
-bin=$(dirname "$(command -v python)")
-port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# The venv that has elf-serve and py-spy: this checkout's .venv, else the python first on PATH.
+bin=${VENV_BIN:-$PWD/.venv/bin}
+[ -x "$bin/elf-serve" ] || bin=$(dirname "$(command -v python)")
+port=$("$bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 PYTHONPATH=$src ELF_PROVIDERS=cpu ELF_LOG_LEVEL=warning ELF_HTTP_SERVER=${HTTP_SERVER:-uvicorn} \
     "$bin/elf-serve" \
     --model-dir "${MODEL:-models/fashion-mnist-lt}" --port "$port" > "$out.server.log" 2>&1 &
@@ -33,6 +35,6 @@ if [ "${HTTP_SERVER:-uvicorn}" = granian ]; then  # the spawned worker, not the 
     app=$(pgrep -P "$server" -f spawn_main)
 fi
 sleep 1
-py-spy record -p "$app" -d $((DUR - 3)) -r 200 --threads -f raw -o "$out" --nonblocking > /dev/null
+"$bin/py-spy" record -p "$app" -d $((DUR - 3)) -r 200 --threads -f raw -o "$out" --nonblocking > /dev/null
 wait $load
 grep -o 'WRKJSON.*' "$out.wrk.txt"
