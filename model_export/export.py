@@ -44,7 +44,7 @@ from model_export.build import (
     stage_specs,
     staging_dir,
 )
-from model_export.calibrate_run import run_calibration
+from model_export.calibrate_run import SplitProbs, run_calibration, split_probs
 from model_export.graphs import StageGraphs, TorchChecks, TorchGraphs
 from model_export.report import (
     CalibrationOutcome,
@@ -53,7 +53,7 @@ from model_export.report import (
     write_curve,
     write_plot,
 )
-from model_export.runtime import normalize, providers_for
+from model_export.runtime import StageChain, normalize, providers_for
 from model_export.splits import CONFIG_FILE
 from model_export.verify import check_batch_sizes, check_graph
 from training.checkpoint import load_checkpoint, load_model, load_train_config
@@ -127,41 +127,42 @@ class GraphStep(Protocol[R_co]):
     def verify(self, model_dir: Path, graphs: StageGraphs) -> R_co: ...
 
 
-def validation_calibration(
+def validation_steps(
     splits: DataSplits, cfg: ExportConfig, name: str, providers: Sequence[Provider]
-) -> CalibrationStep:
-    """The default step: thresholds chosen on the validation split (tail-protected with
-    cfg.tail_tolerance), then measured on test; writes calibration.json and calibration.png."""
+) -> tuple[CalibrationStep, Callable[[Path], Agreement]]:
+    """The default steps: thresholds chosen on the validation split (tail-protected with
+    cfg.tail_tolerance), then measured on test, writing calibration.json and calibration.png;
+    and, after the manifest, agreement.json on the validation split. The stage graphs run over
+    validation once: the agreement step reuses the calibration step's probabilities when the
+    manifest names the very files calibrated (the staging directory's), else runs them itself."""
+    seen: dict[tuple[Path, ...], SplitProbs] = {}
 
-    def step(
+    def calibrate(
         stage_paths: Sequence[Path], per_stage: Sequence[tuple[int, int]], model_dir: Path
     ) -> Calibrated:
-        outcome = run_calibration(
-            stage_paths,
-            splits,
-            cumulative_flops(per_stage),
-            full_flops(per_stage),
-            cfg.tolerance,
-            providers=providers,
-            batch_size=cfg.batch_size,
+        runner = StageChain(stage_paths, providers)
+        val = split_probs(
+            runner, splits.val, splits, batch_size=cfg.batch_size, desc="validation",
             progress=cfg.progress,
-            tail_tolerance=cfg.tail_tolerance,
-            protect_classes=cfg.protect_classes,
-        )
+        )  # fmt: skip
+        seen[tuple(p.resolve() for p in stage_paths)] = val
+        outcome = run_calibration(
+            stage_paths, splits, cumulative_flops(per_stage), full_flops(per_stage),
+            cfg.tolerance, providers=providers, batch_size=cfg.batch_size,
+            progress=cfg.progress, tail_tolerance=cfg.tail_tolerance,
+            protect_classes=cfg.protect_classes, val=val,
+        )  # fmt: skip
         write_curve(outcome, model_dir)
         write_plot(outcome, model_dir, name)
         return Calibrated(outcome.val.chosen.thresholds, manifest_calibration(outcome), outcome)
 
-    return step
+    def agreement(model_dir: Path) -> Agreement:
+        files = tuple((model_dir / s.file).resolve() for s in load_manifest(model_dir).stages)
+        return measure_agreement(
+            model_dir, splits, cfg.device, cfg.batch_size, cfg.progress, val=seen.get(files)
+        )
 
-
-def validation_agreement(splits: DataSplits, cfg: ExportConfig) -> Callable[[Path], Agreement]:
-    """The default after-manifest step: agreement.json on the validation split."""
-
-    def step(model_dir: Path) -> Agreement:
-        return measure_agreement(model_dir, splits, cfg.device, cfg.batch_size, cfg.progress)
-
-    return step
+    return calibrate, agreement
 
 
 def export_checkpoint(checkpoint: Path, cfg: ExportConfig) -> ExportResult[TorchChecks]:
@@ -191,14 +192,15 @@ def export_checkpoint(checkpoint: Path, cfg: ExportConfig) -> ExportResult[Torch
     providers = providers_for(cfg.device)
     n = min(cfg.parity_images, len(splits.val))
     x = normalize(splits.val.batch(torch.arange(n)).numpy(), splits.mean, splits.std)
+    calibrate, agreement = validation_steps(splits, cfg, model_name(cfg), providers)
     return export_model(
         net,
         card,
         cfg,
         parity_inputs=x,
-        calibrate=validation_calibration(splits, cfg, model_name(cfg), providers),
+        calibrate=calibrate,
         extra_files={CONFIG_FILE: json.dumps(config, indent=1) + "\n"},
-        after_manifest=validation_agreement(splits, cfg),
+        after_manifest=agreement,
     )
 
 

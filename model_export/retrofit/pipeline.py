@@ -28,8 +28,7 @@ from model_export.export import (
     ModelCard,
     check_export_config,
     model_name,
-    validation_agreement,
-    validation_calibration,
+    validation_steps,
     write_model_dir,
 )
 from model_export.graphs import StageGraphs
@@ -163,8 +162,7 @@ def retrofit(cfg: RetrofitConfig) -> RetrofitResult:
         preprocessing=preprocessing(splits),
         provenance=_provenance(cfg, clf, splits),
     )
-    calibrate = validation_calibration(splits, ex, model_name(ex), providers)
-    agreement = validation_agreement(splits, ex)
+    calibrate, agreement = validation_steps(splits, ex, model_name(ex), providers)
     record = _record(cfg, clf, cuts, seconds)
     res = write_model_dir(
         RetrofitGraphs(clf, cuts, heads, splits, ex.parity_images),
@@ -173,7 +171,7 @@ def retrofit(cfg: RetrofitConfig) -> RetrofitResult:
         calibrate=_timed(calibrate, seconds, time.perf_counter()),
         after_manifest=lambda model_dir: (agreement(model_dir), record(model_dir)),
     )
-    assert res.calibration is not None  # validation_calibration always measures
+    assert res.calibration is not None  # validation_steps' calibration always measures
     seconds["total"] = time.perf_counter() - t0
     return RetrofitResult(res.model_dir, res.manifest, cuts, res.checks, res.calibration, seconds)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +12,8 @@ import torch
 from elf_core.agreement import exit_agreement, load_agreement
 from elf_core.exits import softmax
 from elf_core.manifest import load_manifest
+from model_export import agreement_run, calibrate_run, export
+from model_export.export import ExportConfig, validation_steps
 from model_export.runtime import StageChain, normalize
 from tests.model_export.conftest import Exported
 from training.data import build_splits
@@ -39,3 +44,34 @@ def test_export_writes_agreement_at_the_calibrated_thresholds(exported: Exported
     want = exit_agreement(probs, manifest.thresholds)
     assert agreement.images == len(splits.val) and agreement.exits == want
     assert sum(e.exited for e in want) > 0
+
+
+def test_export_runs_the_stage_graphs_over_validation_once(
+    exported: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A spy around the real split_probs (every module that calls it), recording which split ran.
+    runs: list[str] = []
+    real = calibrate_run.split_probs
+
+    def spy(*args: object, desc: str, **kw: object) -> calibrate_run.SplitProbs:
+        runs.append(desc)
+        return real(*args, desc=desc, **kw)  # type: ignore[arg-type]
+
+    for module in (export, calibrate_run, agreement_run):
+        monkeypatch.setattr(module, "split_probs", spy)
+    d = tmp_path / "model"
+    shutil.copytree(exported.model_dir, d)
+    manifest = load_manifest(d)
+    splits = build_splits(exported.config.data)
+    cfg = ExportConfig(out=tmp_path / "unused", progress=False)
+    calibrate, agreement = validation_steps(splits, cfg, "tiny-lt", ["CPUExecutionProvider"])
+    per_stage = [(s.flops_body, s.flops_exit) for s in manifest.stages]
+    cal = calibrate([d / s.file for s in manifest.stages], per_stage, d)
+    assert cal.thresholds == pytest.approx(manifest.thresholds)
+    got = agreement(d)
+    assert runs == ["validation", "test"]  # the agreement step reused the validation pass
+    assert got == load_agreement(exported.model_dir)
+    # Other files than the ones calibrated (a copy): the agreement step runs them itself.
+    other = tmp_path / "other"
+    shutil.copytree(d, other)
+    assert agreement(other) == got and runs == ["validation", "test", "agreement"]
