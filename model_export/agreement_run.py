@@ -17,8 +17,8 @@ from pathlib import Path
 
 from elf_core.agreement import Agreement, exit_agreement, write_agreement
 from elf_core.manifest import load_manifest
-from model_export.calibrate_run import SplitProbs, split_probs
-from model_export.runtime import StageChain, providers_for
+from model_export.calibrate_run import SplitProbs, validation_probs
+from model_export.runtime import providers_for
 from model_export.splits import model_splits
 from training.data import DataSplits
 
@@ -43,13 +43,12 @@ def measure_agreement(
     val: SplitProbs | None = None,
 ) -> Agreement:
     """Run the directory's stage graphs over splits.val at its manifest's thresholds (val: their
-    split_probs, when the caller has them already)."""
+    validation_probs, when the caller has them already)."""
     manifest = load_manifest(model_dir)
     if val is None:
-        runner = StageChain([model_dir / s.file for s in manifest.stages], providers_for(device))
-        val = split_probs(
-            runner, splits.val, splits, batch_size=batch_size, desc="agreement", progress=progress
-        )
+        stage_paths = [model_dir / s.file for s in manifest.stages]
+        val = validation_probs(stage_paths, splits, providers_for(device), batch_size=batch_size,
+                               progress=progress, desc="agreement")  # fmt: skip
     probs, labels = val
     agreement = Agreement(
         split="validation",

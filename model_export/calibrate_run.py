@@ -52,6 +52,22 @@ def split_probs(
     return [softmax(z) for z in logits], labels
 
 
+def validation_probs(
+    stage_paths: Sequence[Path],
+    splits: DataSplits,
+    providers: Sequence[Provider],
+    *,
+    batch_size: int,
+    progress: bool,
+    desc: str = "validation",
+) -> SplitProbs:
+    """split_probs of the stage graphs at `stage_paths` over splits.val."""
+    runner = StageChain(stage_paths, providers)
+    return split_probs(
+        runner, splits.val, splits, batch_size=batch_size, desc=desc, progress=progress
+    )
+
+
 def run_calibration(
     stage_paths: Sequence[Path],
     splits: DataSplits,
@@ -64,16 +80,14 @@ def run_calibration(
     progress: bool = True,
     tail_tolerance: float | None = None,
     protect_classes: Sequence[int] | None = None,
-    val: SplitProbs | None = None,
+    val: SplitProbs,
 ) -> CalibrationOutcome:
     """tail_tolerance: tail protection of the tail third, or of `protect_classes`; val: these
-    stage graphs' split_probs over splits.val, when the caller has them already."""
+    stage graphs' validation_probs (the callers share them with agreement.json)."""
     runner = StageChain(stage_paths, providers)
     ratio = [c / flops_full for c in cumulative_flops]
     tail = class_thirds(splits.train_class_counts)[2]
-    val_probs, val_labels = val or split_probs(
-        runner, splits.val, splits, batch_size=batch_size, desc="validation", progress=progress
-    )
+    val_probs, val_labels = val
     log.info("calibrating on %d validation images (tolerance %g)", val_labels.size, tolerance)
     result = calibrate(
         val_probs,

@@ -44,7 +44,7 @@ from model_export.build import (
     stage_specs,
     staging_dir,
 )
-from model_export.calibrate_run import SplitProbs, run_calibration, split_probs
+from model_export.calibrate_run import SplitProbs, run_calibration, validation_probs
 from model_export.graphs import StageGraphs, TorchChecks, TorchGraphs
 from model_export.report import (
     CalibrationOutcome,
@@ -53,7 +53,7 @@ from model_export.report import (
     write_curve,
     write_plot,
 )
-from model_export.runtime import StageChain, normalize, providers_for
+from model_export.runtime import normalize, providers_for
 from model_export.splits import CONFIG_FILE
 from model_export.verify import check_batch_sizes, check_graph
 from training.checkpoint import load_checkpoint, load_model, load_train_config
@@ -133,19 +133,17 @@ def validation_steps(
     """The default steps: thresholds chosen on the validation split (tail-protected with
     cfg.tail_tolerance), then measured on test, writing calibration.json and calibration.png;
     and, after the manifest, agreement.json on the validation split. The stage graphs run over
-    validation once: the agreement step reuses the calibration step's probabilities when the
-    manifest names the very files calibrated (the staging directory's), else runs them itself."""
-    seen: dict[tuple[Path, ...], SplitProbs] = {}
+    validation once: the agreement step reuses the calibration step's probabilities for the
+    directory calibrated (the staging directory), and runs the graphs itself for any other."""
+    seen: dict[Path, SplitProbs] = {}
 
     def calibrate(
         stage_paths: Sequence[Path], per_stage: Sequence[tuple[int, int]], model_dir: Path
     ) -> Calibrated:
-        runner = StageChain(stage_paths, providers)
-        val = split_probs(
-            runner, splits.val, splits, batch_size=cfg.batch_size, desc="validation",
-            progress=cfg.progress,
-        )  # fmt: skip
-        seen[tuple(p.resolve() for p in stage_paths)] = val
+        val = validation_probs(
+            stage_paths, splits, providers, batch_size=cfg.batch_size, progress=cfg.progress
+        )
+        seen[model_dir.resolve()] = val
         outcome = run_calibration(
             stage_paths, splits, cumulative_flops(per_stage), full_flops(per_stage),
             cfg.tolerance, providers=providers, batch_size=cfg.batch_size,
@@ -157,10 +155,10 @@ def validation_steps(
         return Calibrated(outcome.val.chosen.thresholds, manifest_calibration(outcome), outcome)
 
     def agreement(model_dir: Path) -> Agreement:
-        files = tuple((model_dir / s.file).resolve() for s in load_manifest(model_dir).stages)
         return measure_agreement(
-            model_dir, splits, cfg.device, cfg.batch_size, cfg.progress, val=seen.get(files)
-        )
+            model_dir, splits, cfg.device, cfg.batch_size, cfg.progress,
+            val=seen.get(model_dir.resolve()),
+        )  # fmt: skip
 
     return calibrate, agreement
 

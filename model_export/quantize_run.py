@@ -39,7 +39,7 @@ from elf_core.manifest import (
     sha256_file,
     write_manifest,
 )
-from model_export.calibrate_run import SplitProbs, split_probs
+from model_export.calibrate_run import SplitProbs, validation_probs
 from model_export.export import DEFAULT_TOLERANCE
 from model_export.quantize import PRECISIONS, quantize_stages
 from model_export.recalibrate import recalibrate
@@ -132,9 +132,9 @@ class _Job:
 
 def _val_probs(job: _Job, model_dir: Path) -> SplitProbs:
     """The directory's (SRC's or DST's, same stage files) exit probabilities on validation."""
-    chain = StageChain([model_dir / s.file for s in job.src.stages], providers_for(job.cfg.device))
-    return split_probs(chain, job.splits.val, job.splits, batch_size=job.cfg.batch_size,
-                       desc="validation", progress=job.cfg.progress)  # fmt: skip
+    stage_paths = [model_dir / s.file for s in job.src.stages]
+    return validation_probs(stage_paths, job.splits, providers_for(job.cfg.device),
+                            batch_size=job.cfg.batch_size, progress=job.cfg.progress)  # fmt: skip
 
 
 def _agreement(job: _Job, dst: Manifest, dst_probs: list[np.ndarray]) -> tuple[float, float]:

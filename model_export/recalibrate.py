@@ -12,7 +12,7 @@ from pathlib import Path
 
 from elf_core.manifest import MANIFEST_FILE, Manifest, load_manifest
 from model_export.agreement_run import measure_agreement
-from model_export.calibrate_run import SplitProbs, run_calibration, split_probs
+from model_export.calibrate_run import SplitProbs, run_calibration, validation_probs
 from model_export.report import (
     CalibrationOutcome,
     exit_specs,
@@ -20,7 +20,7 @@ from model_export.report import (
     write_curve,
     write_plot,
 )
-from model_export.runtime import StageChain, providers_for
+from model_export.runtime import providers_for
 from model_export.splits import model_splits
 
 
@@ -36,15 +36,14 @@ def recalibrate(
     val: SplitProbs | None = None,
 ) -> tuple[Manifest, CalibrationOutcome]:
     """With `tail_tolerance`, tail-protected (see elf_core.calibration.calibrate). val: the
-    directory's split_probs over the validation split, when the caller has them already; the
+    directory's validation_probs, when the caller has them already; the
     threshold search and agreement.json share one pass either way."""
     manifest = load_manifest(model_dir)
     splits = model_splits(model_dir, manifest)
     stage_paths = [model_dir / s.file for s in manifest.stages]
     if val is None:
-        chain = StageChain(stage_paths, providers_for(device))
-        val = split_probs(chain, splits.val, splits, batch_size=batch_size, desc="validation",
-                          progress=progress)  # fmt: skip
+        val = validation_probs(stage_paths, splits, providers_for(device), batch_size=batch_size,
+                               progress=progress)  # fmt: skip
     outcome = run_calibration(
         stage_paths,
         splits,
