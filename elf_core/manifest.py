@@ -145,6 +145,8 @@ class Provenance(_Frozen):
     loss: str
     epochs: NonNegInt
     architecture: str
+    # The long tail's class order, head first, when training reordered it (None: the data set's).
+    class_order: list[int] | None = None
     commit: str | None = None
     command: str | None = None
     created: str | None = None

@@ -73,6 +73,7 @@ def provenance(
         loss=loss,
         epochs=epochs,
         architecture=architecture,
+        class_order=None if splits.class_order is None else list(splits.class_order),
         commit=commit or git_commit(),
         command=command,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

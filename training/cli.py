@@ -61,6 +61,15 @@ def _data_args(p: argparse.ArgumentParser) -> None:
         "of its smallest class)",
     )
     _opt(g, "--data-seed", d.seed, "seed of the long-tailed subset and the validation split")
+    _opt(
+        g,
+        "--class-order",
+        None,
+        "long-tailed data: the classes from head to tail (a permutation of 0..C-1; default: the "
+        "data set's order, class 0 the head)",
+        type=int,
+        nargs="+",
+    )
     _opt(g, "--image-size", None, "folder/list data: resize to this square size", type=int)
     _opt(g, "--channels", None, "folder/list data: 1 (grey) or 3 (RGB, default)", type=int)
     _opt(g, "--train-list", None, "list data: training list (`path label` lines)", type=Path)
@@ -194,7 +203,8 @@ def config_from_args(a: argparse.Namespace, command: str | None = None) -> Train
         classifier = "cosine" if a.loss == "ldam" else "linear"
     data = DataConfig(
         dataset=a.dataset, root=a.data_root, imbalance_ratio=a.imbalance_ratio, n_max=a.n_max,
-        val_per_class=a.val_per_class, seed=a.data_seed, image_size=a.image_size,
+        val_per_class=a.val_per_class, seed=a.data_seed,
+        class_order=tuple(a.class_order) if a.class_order else None, image_size=a.image_size,
         channels=a.channels, train_list=a.train_list, val_list=a.val_list,
         test_list=a.test_list, class_names_file=a.class_names_file,
     )  # fmt: skip

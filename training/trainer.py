@@ -66,6 +66,7 @@ def _data_info(splits: DataSplits) -> dict[str, Any]:
     return {
         "name": splits.name,
         "class_names": list(splits.class_names),
+        "class_order": None if splits.class_order is None else list(splits.class_order),
         "train_class_counts": list(splits.train_class_counts),
         "channels": splits.channels,
         "height": splits.height,
@@ -137,6 +138,7 @@ def _finish(run: _Run) -> dict[str, Any]:
     metrics = {
         "dataset": splits.name,
         "class_names": list(splits.class_names),
+        "class_order": None if splits.class_order is None else list(splits.class_order),
         "method": cfg.loss.method,
         "loss": cfg.loss.base,
         "arch": cfg.model.arch,

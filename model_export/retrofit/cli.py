@@ -37,6 +37,7 @@ def _data_group(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-max", type=int, default=d.n_max)
     g.add_argument("--val-per-class", type=int, default=d.val_per_class)
     g.add_argument("--data-seed", type=int, default=d.seed)
+    g.add_argument("--class-order", type=int, nargs="+", help="long tail's classes, head first")
     for split in ("train", "val", "test"):
         g.add_argument(f"--{split}-list", type=Path, help=f"list data: {split} list")
     g.add_argument("--class-names-file", type=Path, help="list data: one class name per line")
@@ -88,7 +89,8 @@ def retrofit_parser(common: object) -> argparse.ArgumentParser:
 def retrofit_config(a: argparse.Namespace, command: str) -> RetrofitConfig:
     data = DataConfig(
         dataset=a.dataset, root=a.data_root, imbalance_ratio=a.imbalance_ratio, n_max=a.n_max,
-        val_per_class=a.val_per_class, seed=a.data_seed, train_list=a.train_list,
+        val_per_class=a.val_per_class, seed=a.data_seed,
+        class_order=tuple(a.class_order) if a.class_order else None, train_list=a.train_list,
         val_list=a.val_list, test_list=a.test_list, class_names_file=a.class_names_file,
     )  # fmt: skip
     head = HeadConfig(

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from model_export.build import provenance
 from tests.training.conftest import EVAL_PER_CLASS, TRAIN_COUNTS, tiny_args, write_image_folder
+from tests.training.data.writers import make_fashion_dir
 from training import cli
 from training.checkpoint import load_model, load_train_config
 from training.data import build_splits, normalize
@@ -120,3 +122,26 @@ def test_train_val_layout_states_its_splits(tmp_path: Path) -> None:
         "images": sum(TRAIN_COUNTS) - 3,
         "source": "train/ minus the carved validation images",
     }
+
+
+def test_class_order_is_recorded_in_config_metrics_and_manifest(tmp_path: Path) -> None:
+    root = make_fashion_dir(tmp_path / "fm", per_class_train=12, per_class_test=2)
+    order = ["9", "8", "7", "6", "5", "4", "3", "2", "1", "0"]
+    args = [
+        "--data-root", str(root), "--n-max", "8", "--imbalance-ratio", "4",
+        "--val-per-class", "2", "--class-order", *order, "--arch", "resnet8",
+        "--width-mult", "0.5", "--epochs", "1", "--batch-size", "8", "--threads", "1",
+        "--no-progress", "--out", str(tmp_path / "run"), "--log-level", "WARNING",
+    ]  # fmt: skip
+    assert cli.main(args) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert config["data"]["class_order"] == list(range(9, -1, -1))
+    assert metrics["class_order"] == list(range(9, -1, -1))
+    assert metrics["dataset"] == "fashion-mnist-lt-r4-order9.8.7.6.5.4.3.2.1.0"
+    splits = build_splits(load_train_config(config).data)
+    assert splits.train_class_counts[0] == 2 and splits.train_class_counts[9] == 8
+    prov = provenance(
+        splits, method="elf", loss="ce", architecture="resnet8", epochs=1, command=None
+    )
+    assert prov.class_order == list(range(9, -1, -1))

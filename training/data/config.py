@@ -24,6 +24,9 @@ class DataConfig:
     n_max: int = 5000
     val_per_class: int = 200  # balanced validation split from the training images left unused
     seed: int = 0
+    # Which class gets which long-tail count: class_order[r] is the class with the r-th largest
+    # count (head first). None keeps the data set's own order (class 0 is the head).
+    class_order: tuple[int, ...] | None = None
     image_size: int | None = None  # folder/list: resize to image_size x image_size
     channels: int | None = None  # folder/list: 1 (grey) or 3 (RGB); None = 3
     # list data (ImageNet-LT style, `relative/path.jpg label` per line, paths relative to root):
@@ -51,6 +54,14 @@ class DataConfig:
             raise ValueError(f"image_size must be >= 1, got {self.image_size}")
         if self.channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.class_order is not None:
+            object.__setattr__(self, "class_order", tuple(int(c) for c in self.class_order))
+            if sorted(self.class_order) != list(range(len(self.class_order))):
+                raise ValueError(
+                    f"class_order must be a permutation of 0..C-1, got {list(self.class_order)}"
+                )
+            if self.dataset in ("folder", "list"):
+                raise ValueError("class_order orders a built long tail; folder/list data have none")
         if self.stats_max_images < 1:
             raise ValueError(f"stats_max_images must be >= 1, got {self.stats_max_images}")
 

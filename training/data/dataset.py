@@ -77,6 +77,8 @@ class DataSplits:
     std: tuple[float, ...]
     # what each split is made of ("train", "val", "test" -> a sentence); metrics.json repeats it
     sources: dict[str, str] = field(default_factory=dict)
+    # the long tail's class order, head first (None: the data set's own order)
+    class_order: tuple[int, ...] | None = None
 
     @property
     def num_classes(self) -> int:

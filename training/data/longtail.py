@@ -34,6 +34,26 @@ def long_tail_counts(n_max: int, imbalance_ratio: float, num_classes: int) -> li
     return counts
 
 
+def counts_in_class_order(
+    counts_by_rank: list[int], class_order: tuple[int, ...] | None
+) -> list[int]:
+    """Per-class counts: class class_order[r] gets counts_by_rank[r]; None keeps class c at rank c.
+
+    A harder long tail puts the hardest classes last (rarest), as users' rare classes usually are.
+    """
+    if class_order is None:
+        return list(counts_by_rank)
+    if len(class_order) != len(counts_by_rank):
+        raise DatasetError(
+            f"--class-order names {len(class_order)} classes; the data set has "
+            f"{len(counts_by_rank)}"
+        )
+    counts = [0] * len(counts_by_rank)
+    for rank, c in enumerate(class_order):
+        counts[c] = counts_by_rank[rank]
+    return counts
+
+
 def long_tail_indices(
     labels: Tensor,
     counts: list[int],

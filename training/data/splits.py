@@ -18,7 +18,7 @@ from training.data.dataset import (
 )
 from training.data.folder import build_folder_splits, build_list_splits
 from training.data.idx import load_fashion_mnist
-from training.data.longtail import long_tail_counts, long_tail_indices
+from training.data.longtail import counts_in_class_order, long_tail_counts, long_tail_indices
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ def build_splits(cfg: DataConfig) -> DataSplits:
 def long_tail_splits(cfg: DataConfig, raw: RawData) -> DataSplits:
     """Long-tailed train + balanced val from the official training set; the official test set."""
     num_classes = len(raw.class_names)
-    counts = long_tail_counts(cfg.n_max, cfg.imbalance_ratio, num_classes)
+    by_rank = long_tail_counts(cfg.n_max, cfg.imbalance_ratio, num_classes)
+    counts = counts_in_class_order(by_rank, cfg.class_order)
     images = torch.from_numpy(np.ascontiguousarray(raw.train_images))  # uint8 [N, C, H, W]
     labels = torch.from_numpy(raw.train_labels.astype(np.int64))
     train_idx, val_idx = long_tail_indices(labels, counts, cfg.val_per_class, cfg.seed)
@@ -55,6 +56,8 @@ def long_tail_splits(cfg: DataConfig, raw: RawData) -> DataSplits:
     mean, std = channel_stats(train)
     c, h, w = train.shape
     name = f"{cfg.dataset}-r{cfg.imbalance_ratio:g}"
+    if cfg.class_order is not None:
+        name += "-order" + "".join(f"{c}." for c in cfg.class_order).rstrip(".")
     log.info(
         "%s: train %d (per class %s), val %d, test %d, mean %s, std %s",
         name,
@@ -71,6 +74,7 @@ def long_tail_splits(cfg: DataConfig, raw: RawData) -> DataSplits:
         val=val,
         test=test,
         class_names=list(raw.class_names),
+        class_order=cfg.class_order,
         train_class_counts=class_counts(train.labels, num_classes),
         channels=c,
         height=h,
@@ -79,7 +83,9 @@ def long_tail_splits(cfg: DataConfig, raw: RawData) -> DataSplits:
         std=std,
         sources={
             "train": f"long-tailed subset of the official training set (rho "
-            f"{cfg.imbalance_ratio:g}, n_max {cfg.n_max}, seed {cfg.seed})",
+            f"{cfg.imbalance_ratio:g}, n_max {cfg.n_max}, seed {cfg.seed}"
+            + ("" if cfg.class_order is None else f", classes head to tail {list(cfg.class_order)}")
+            + ")",
             "val": f"{cfg.val_per_class} per class (balanced) from the official training images "
             f"outside the subset, seed {cfg.seed}",
             "test": "the official test set",

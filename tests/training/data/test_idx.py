@@ -89,3 +89,33 @@ def test_build_splits_on_generated_fashion_mnist(tmp_path: Path) -> None:
     pixels = torch.stack([splits.train[i][0] for i in range(len(splits.train))]).double() / 255
     assert splits.mean[0] == pytest.approx(pixels.mean().item(), abs=1e-9)
     assert splits.std[0] == pytest.approx(pixels.std(unbiased=False).item(), abs=1e-9)
+
+
+def test_class_order_moves_the_tail_and_is_recorded(tmp_path: Path) -> None:
+    root = make_fashion_dir(tmp_path, per_class_train=30, per_class_test=3)
+    order = (9, 8, 7, 5, 3, 1, 0, 2, 4, 6)  # 6 is the rarest class, 9 the head
+    cfg = DataConfig(root=root, n_max=20, imbalance_ratio=10, val_per_class=5, class_order=order)
+    splits = build_splits(cfg)
+    by_rank = [20, 15, 11, 9, 7, 5, 4, 3, 2, 2]
+    assert [splits.train_class_counts[c] for c in order] == by_rank
+    assert splits.train_class_counts[6] == 2 and splits.train_class_counts[9] == 20
+    assert torch.bincount(splits.val.labels, minlength=10).tolist() == [5] * 10
+    assert splits.class_order == order
+    assert splits.name == "fashion-mnist-lt-r10-order9.8.7.5.3.1.0.2.4.6"
+    assert "classes head to tail [9, 8, 7, 5, 3, 1, 0, 2, 4, 6]" in splits.sources["train"]
+    default = build_splits(DataConfig(root=root, n_max=20, imbalance_ratio=10, val_per_class=5))
+    assert default.class_order is None and default.name == "fashion-mnist-lt-r10"
+
+
+def test_class_order_must_name_every_class_once(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"permutation of 0\.\.C-1"):
+        DataConfig(class_order=(0, 0, 1))
+    with pytest.raises(ValueError, match="folder/list data have none"):
+        DataConfig(dataset="folder", class_order=(1, 0))
+    root = make_fashion_dir(tmp_path, per_class_train=30, per_class_test=3)
+    with pytest.raises(DatasetError, match="names 3 classes; the data set has 10"):
+        build_splits(
+            DataConfig(
+                root=root, n_max=20, imbalance_ratio=10, val_per_class=5, class_order=(2, 1, 0)
+            )
+        )
