@@ -28,7 +28,8 @@ def header(title: str, result: dict[str, Any], source: Path | str) -> list[str]:
         f"Generated from `{source}`; do not edit by hand.",
         "",
         f"- Command: `{result['command']}`",
-        f"- Commit: `{result.get('commit', 'not recorded')}`, {result.get('date', '')[:10]}",
+        f"- Commit: `{result.get('commit', 'not recorded')}`"
+        + (f", {result['date'][:10]}" if result.get("date") else ""),
         f"- Hardware: {result.get('hardware_line', 'not recorded')}",
         "",
         *([result["note"], ""] if result.get("note") else []),
