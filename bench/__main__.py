@@ -34,14 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench",
         description=__doc__,
-        epilog=f"benchmarks:\n{listing}\n  {'pages':<12} every page again from the results",
+        epilog=f"benchmarks:\n{listing}\n  {'pages':<12} every page again from the committed results "
+        "([--pages DIR])",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", choices=[*BENCHMARKS, "pages"], help="the benchmark to run")
     p.add_argument("args", nargs=argparse.REMAINDER, help="its arguments (NAME --help)")
     a = p.parse_args(argv[:1])
-    if a.name == "pages":
-        return max(run(name, ["report"]) for name in PAGES)
+    if a.name == "pages":  # optional: --pages DIR
+        return max(run(name, ["report", *argv[1:]]) for name in PAGES)
     return run(a.name, argv[1:])
 
 

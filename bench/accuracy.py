@@ -198,7 +198,7 @@ def missing_lines(results: list[dict[str, Any]]) -> list[str]:
     for row, seeds in PLAN.items():
         todo = [s for s in seeds if (row, s) not in have]
         if todo:
-            cmd = ["python", "-m", "bench.accuracy", "--epochs", "30", "--seeds",
+            cmd = ["python", "-m", "bench", "accuracy", "--epochs", "30", "--seeds",
                    *map(str, todo), "--rows", row, "--train-args", TRAIN_ARGS]  # fmt: skip
             out.append(f"- `{row}` seeds {todo}: `{shlex.join(cmd)}`")
     return out
