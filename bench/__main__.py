@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench",
         description=__doc__,
-        epilog=f"benchmarks:\n{listing}\n  {'pages':<12} every page again from the committed results "
-        "([--pages DIR])",
+        epilog=f"benchmarks:\n{listing}\n  {'pages':<12} every page again from the "
+        "committed results ([--pages DIR])",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", choices=[*BENCHMARKS, "pages"], help="the benchmark to run")

@@ -16,7 +16,6 @@ and the page (docs/benchmarks/accuracy.md) is built from those files alone.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import shlex

@@ -6,7 +6,6 @@ only with two seeds or more).
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -170,8 +169,8 @@ def write_report(
     """folder/accuracy.md from the result files; `missing`: lines naming what is not run."""
     summary = summarize(results, order)
     first = results[0]
-    meta = {"dataset": first["dataset"], "arch": first["arch"], "epochs": first["epochs"],
-            "train_class_counts": first["train_class_counts"], "groups": first["groups"]}  # fmt: skip
+    keys = ("dataset", "arch", "epochs", "train_class_counts", "groups")
+    meta = {k: first[k] for k in keys}
     intro = INTRO.format(tail=first["groups"]["tail"], **meta)
     hw = sorted({r["hardware_line"] for r in results if r.get("hardware_line")})
     md = [f"# Accuracy: ELF and baselines on {meta['dataset']} ({meta['arch']})", "",
@@ -190,5 +189,6 @@ def write_report(
           "## Runs and commands", "",
           *(f"- `{r['row']}` seed {r['seed']}: `{r['command']}` ({r['command_source']}; "
             f"commit {r['commit'] or 'not recorded'})" for r in results), "",
-          "## Not run yet", "", *(missing or ["Nothing: every planned row and seed is in."])]  # fmt: skip
+          "## Not run yet", "",
+          *(missing or ["Nothing: every planned row and seed is in."])]  # fmt: skip
     return pages.write("accuracy", md, folder)

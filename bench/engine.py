@@ -234,8 +234,8 @@ def measure(case: Case, sizes: list[int], args: argparse.Namespace) -> dict[str,
         if reps >= args.min_reps and worst <= args.precision:
             break
         if reps >= args.max_reps or time.monotonic() - t0 > args.max_seconds:
-            (log.warning if args.max_reps > 1 else log.debug)("%s: stopped at %d repetitions, %.1f%% > target", case.key, reps,
-                        100 * worst)  # fmt: skip
+            say = log.warning if args.max_reps > 1 else log.debug
+            say("%s: stopped at %d repetitions, %.1f%% > target", case.key, reps, 100 * worst)
             break
     return summarise(case, sizes, times) | {"reps": reps, "target_precision": args.precision}
 
@@ -299,11 +299,12 @@ def efficiency(time_ratio: float, flops_ratio: float) -> float | None:
 def agreement(runs: list[dict[str, Any]], limit: float) -> dict[str, Any]:
     """Spread between two runs per (model, batch, variant): |a - b| / mean(a, b), of the median
     ms per image and of the ratio to ideal by stage times."""
+
     def index(run: dict[str, Any]) -> dict[tuple[str, int, str], dict[str, Any]]:
         return {(m["model"], r["batch"], r["variant"]): r for m in run["models"] for r in m["rows"]}
 
     a, b = index(runs[0]), index(runs[1])
-    rows = []
+    rows: list[dict[str, Any]] = []
     for key in a.keys() & b.keys():
         spread = {f: abs(a[key][f] - b[key][f]) / ((a[key][f] + b[key][f]) / 2)
                   for f in ("ms_per_image", "vs_stage_time_ideal")}  # fmt: skip

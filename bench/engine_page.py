@@ -100,8 +100,17 @@ def agreement_lines(a: dict[str, Any]) -> list[str]:
         f"The same command ran twice, each in a fresh process; the two runs **{verdict}** "
         f"within {100 * a['limit']:.0f}% (largest spread {100 * a['max_spread']:.1f}%).",
         "",
-        *pages.table(["model", "batch", "variant", "spread of median ms/image",
-                      "spread of ratio to ideal by stage times"], rows, "lrlrr"),  # fmt: skip
+        *pages.table(
+            [
+                "model",
+                "batch",
+                "variant",
+                "spread of median ms/image",
+                "spread of ratio to ideal by stage times",
+            ],
+            rows,
+            "lrlrr",
+        ),
         "",
     ]
 

@@ -16,6 +16,7 @@ each stage graph also timed alone at the batch sizes the burst ran and at b:
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Sequence
@@ -100,7 +101,7 @@ def decompose(
         "merges": sum(e - s for kind, _, _, s, e in calls if kind == "merge"),
         "upload": sum(e - s for kind, _, _, s, e in calls if kind == "upload"),
     }
-    gaps = [nxt[3] - prev[4] for prev, nxt in zip(calls, calls[1:], strict=False)]
+    gaps = [nxt[3] - prev[4] for prev, nxt in itertools.pairwise(calls)]
     parts["gaps_between_calls"] = sum(gaps)
     parts["before_first_call"] = calls[0][3] - t0
     parts["after_last_call"] = t1 - calls[-1][4]
@@ -120,8 +121,11 @@ def decompose(
         "images": n,
         "ms_per_image": {k: round(1e3 * v / n, 4) for k, v in parts.items()},
         "stages": stages,
-        "gaps_ms": {"count": len(gaps), "median": round(1e3 * statistics.median(gaps), 4),
-                    "max": round(1e3 * max(gaps), 4)},  # fmt: skip
+        "gaps_ms": {
+            "count": len(gaps),
+            "median": round(1e3 * statistics.median(gaps), 4),
+            "max": round(1e3 * max(gaps), 4),
+        },
     }
 
 

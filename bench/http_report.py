@@ -33,6 +33,7 @@ HEAVY_NOTE = (
     "model (`--stand-in`, resnet32-28px-random) is built the same way."
 )
 
+
 def mix_text(rates: list[float]) -> str:
     """An exit mix as percentages, e.g. 50/30/20."""
     return "/".join(f"{100 * x:.0f}" for x in rates)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.engine import efficiency
 from bench.heavy_model import mix_thresholds
 from bench.http_report import ratios
 from bench.images import load_image_set
-from bench.engine import efficiency
 from bench.wrk_run import run_wrk, write_list
 from elf_core.exits import exit_index, exit_thresholds
 from elf_core.flops import exit_rates
