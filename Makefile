@@ -54,7 +54,7 @@ clean:
 	rm -rf $(VENV) $(SERVE_VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
 
 # Reproduce the bundled model from scratch: train the best ELF setting of the accuracy benchmark
-# (bench/results/accuracy.md), export, verify and calibrate on the validation split.
+# (docs/benchmarks/accuracy.md), export, verify and calibrate on the validation split.
 MODEL_RUN ?= runs/fashion-mnist-lt
 MODEL_TRAIN_ARGS ?= --method elf --loss balanced_softmax --epochs 30 --seed 0 --eval-every 5
 model: dev

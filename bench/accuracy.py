@@ -4,19 +4,18 @@ Every row trains with the same epochs and seeds; each (row, seed) has its own ou
 so rows can run separately, and an interrupted run resumes (a finished one is skipped). ELF is
 judged with early-exit inference, thresholds calibrated on the validation split, reported on test.
 Each finished run becomes a small committed result file (bench/results/accuracy/<row>-s<seed>.json)
-and the report (bench/results/accuracy.md/.json) is built from those files alone.
+and the page (docs/benchmarks/accuracy.md) is built from those files alone.
 
-    python -m bench.accuracy --epochs 30 --seeds 0 1 2            # train the main rows, collect
-    python -m bench.accuracy --rows elf-bs-warmup5 --seeds 0       # some rows only
-    python -m bench.accuracy --add-row "elf-ce-t08=--method elf --loss ce --tau-train 0.8"
-    python -m bench.accuracy collect --runs-dir runs/bench-accuracy   # finished runs -> files
-    python -m bench.accuracy report                                # report from the files
+    python -m bench accuracy --epochs 30 --seeds 0 1 2            # train the main rows, collect
+    python -m bench accuracy --rows elf-bs-warmup5 --seeds 0       # some rows only
+    python -m bench accuracy --add-row "elf-ce-t08=--method elf --loss ce --tau-train 0.8"
+    python -m bench accuracy collect --runs-dir runs/bench-accuracy   # finished runs -> files
+    python -m bench accuracy report                                # report from the files
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import shlex
@@ -27,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.accuracy_import import from_summary, model_tail_protected
+from bench import pages
 from bench.accuracy_report import write_report
 from bench.accuracy_runs import from_run, load_results, write_result
 
@@ -57,14 +56,14 @@ VARIANT_ROWS: dict[str, str] = {
     "elf-bs-tau-per-exit": "--method elf --loss balanced_softmax --tau-train 0.95 0.8",
     "elf-bs-weights": "--method elf --loss balanced_softmax --exit-weights 0.5 0.75 1.0",
 }
-# What the report expects (issue 13): its "Not run yet" section lists what is missing.
+# What the page expects: its "Not run yet" section lists what is missing.
 PLAN: dict[str, tuple[int, ...]] = {
     **{r: (0, 1, 2) for r in ("standard-bs", "multi-exit-bs", "elf-bs")},
     **{r: (0,) for r in ("standard-ce", "multi-exit-ce", "elf-ce", "standard-ldam", "elf-ldam")},
     **{r: (0,) for r in ("elf-bs-exited01", "elf-bs-warmup5", "elf-bs-tau-per-exit",
                          "elf-bs-weights")},
 }  # fmt: skip
-TRAIN_ARGS = "--threads 1 --eval-every 5"  # what the committed runs used on this 2-core machine
+TRAIN_ARGS = "--threads 1 --eval-every 5"  # what the committed runs used
 RUN_DIR = re.compile(r"^(?P<row>.+)-e(?P<epochs>\d+)-s(?P<seed>\d+)$")
 
 
@@ -118,16 +117,10 @@ def _outputs(p: argparse.ArgumentParser) -> None:
         help="one result file per row and seed (default %(default)s)",
     )
     p.add_argument(
-        "--report",
+        "--pages",
         type=Path,
-        default=Path("bench/results/accuracy"),
-        help="writes REPORT.md and REPORT.json (default %(default)s)",
-    )
-    p.add_argument(
-        "--notes",
-        type=Path,
-        default=Path("bench/results/accuracy_notes.md"),
-        help="hand-written reading appended to the report, if present (default %(default)s)",
+        default=pages.PAGES,
+        help="writes PAGES/accuracy.md (default %(default)s)",
     )
 
 
@@ -204,26 +197,25 @@ def missing_lines(results: list[dict[str, Any]]) -> list[str]:
     for row, seeds in PLAN.items():
         todo = [s for s in seeds if (row, s) not in have]
         if todo:
-            cmd = ["python", "-m", "bench.accuracy", "--epochs", "30", "--seeds",
+            cmd = ["python", "-m", "bench", "accuracy", "--epochs", "30", "--seeds",
                    *map(str, todo), "--rows", row, "--train-args", TRAIN_ARGS]  # fmt: skip
             out.append(f"- `{row}` seeds {todo}: `{shlex.join(cmd)}`")
     return out
 
 
-def report(results_dir: Path, stem: Path, notes: Path) -> int:
+def report(results_dir: Path, folder: Path) -> int:
     results = load_results(results_dir)
     if not results:
         log.error("no result files in %s", results_dir)
         return 1
-    text = notes.read_text() if notes.is_file() else ""
     order = list(dict.fromkeys([*PLAN, *MAIN_ROWS, *VARIANT_ROWS]))
-    write_report(stem, results, order, missing=missing_lines(results), notes=text)
-    log.info("wrote %s.md and %s.json from %d result files", stem, stem, len(results))
+    path = write_report(folder, results_dir, results, order, missing=missing_lines(results))
+    log.info("wrote %s from %d result files", path, len(results))
     return 0
 
 
 def _sub_parser(name: str, doc: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m bench.accuracy {name}", description=doc)
+    p = argparse.ArgumentParser(prog=f"python -m bench accuracy {name}", description=doc)
     _outputs(p)
     if name == "collect":
         p.add_argument("--runs-dir", type=Path, default=Path("runs/bench-accuracy"))
@@ -239,49 +231,22 @@ def _sub_parser(name: str, doc: str) -> argparse.ArgumentParser:
     return p
 
 
-def import_summary(a: argparse.Namespace) -> int:
-    """Result files for the single-seed rows of an old summary (their run directories are
-    gone); tail-protected rows for the one that is the bundled model, from its ONNX stages."""
-    summary = json.loads(a.summary.read_text())
-    for row in summary["rows"]:
-        ns = argparse.Namespace(epochs=summary["meta"]["epochs"], train_args=TRAIN_ARGS,
-                                progress=False)  # fmt: skip
-        seed = summary["rows"][row]["seeds"][0]
-        ns_dir = Path(f"runs/bench-accuracy/{row}-e{ns.epochs}-s{seed}")
-        cmd = train_command(ns, summary["meta"]["row_args"][row], ns_dir, seed)
-        note = f"from {a.summary} (commit {summary['meta']['commit']}); run directory gone"
-        result = from_summary(summary, row, command=shlex.join(["elf-train", *cmd[3:]]),
-                              note=note)  # fmt: skip
-        if a.model_dir is not None and row == a.model_row:
-            result["tail_protected"] = model_tail_protected(a.model_dir)
-            result["note"] += f"; tail-protected rows from the exported {a.model_dir}"
-        log.info("%s -> %s", row, write_result(a.results_dir, result))
-    return report(a.results_dir, a.report, a.notes)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["report"]:
         a = _sub_parser("report", "The report from the result files.").parse_args(argv[1:])
-        return report(a.results_dir, a.report, a.notes)
-    if argv[:1] == ["import-summary"]:
-        doc = "Result files from an old single-seed summary (see bench.accuracy_import)."
-        p = _sub_parser("import-summary", doc)
-        p.add_argument("--summary", type=Path, required=True)
-        p.add_argument("--model-dir", type=Path, help="exported model of one of its rows")
-        p.add_argument("--model-row", default="elf-bs", help="the row --model-dir was made from")
-        return import_summary(p.parse_args(argv[1:]))
+        return report(a.results_dir, a.pages)
     if argv[:1] == ["collect"]:
         doc = "Result files from finished run directories, then the report."
         a = _sub_parser("collect", doc).parse_args(argv[1:])
         collect_runs(a.runs_dir, a.results_dir, train_args=a.train_args, commit=a.train_commit)
-        return report(a.results_dir, a.report, a.notes)
+        return report(a.results_dir, a.pages)
     args = parse_args(argv)
     rows = row_table(args)
     failed = run_rows(args, rows)
     collect_runs(args.runs_dir, args.results_dir, train_args=args.train_args, commit=None)
-    rc = report(args.results_dir, args.report, args.notes)
+    rc = report(args.results_dir, args.pages)
     if failed:
         log.error("failed: %s", ", ".join(failed))
     return 1 if failed else rc

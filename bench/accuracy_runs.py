@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import machine
 from elf_core.calibration import calibrate
 from training.evaluate import operating_point
 
@@ -102,6 +103,8 @@ def from_run(
         "command": recorded or command,
         "command_source": "recorded by elf-train" if recorded else "reconstructed from the row",
         "commit": m.get("commit") or commit,
+        # where it was collected: normally where it trained, in the same command
+        "hardware_line": machine.hardware_line(machine.hardware()),
         "finished": datetime.fromtimestamp((run / "metrics.json").stat().st_mtime, UTC)
         .isoformat(timespec="seconds"),
         "collected": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -2,7 +2,7 @@
 
 On a machine with a GPU (see bench/GPU.md for carrying the onnxruntime-gpu wheel there):
 
-    python -m bench.gpu_smoke --carried .gpu --out $OUT/gpu_smoke.json
+    python -m bench gpu --carried .gpu --out $OUT/gpu_smoke.json
 
   install     joins the wheel parts under --carried, installs them into --site (no index, no deps)
               and runs the rest in a fresh interpreter with that site first on the path
@@ -35,6 +35,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from bench import machine
 
 log = logging.getLogger("bench.gpu_smoke")
 
@@ -217,8 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench import gpu_timing  # noqa: PLC0415
 
     report = Report(args.budget_s)
-    report.data |= {
-        "command": " ".join([sys.executable, "-m", "bench.gpu_smoke", *argv]),
+    report.data |= machine.stamp("gpu") | {
         "dry_run": args.dry_run,
         "wheels": os.environ.get("ELF_GPU_SMOKE_WHEELS", ""),
     }

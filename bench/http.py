@@ -11,8 +11,6 @@ class_index is checked against the image's label by the Lua script. Targets, eac
   elf-exits-2w       elf-serve with --workers 2 (prometheus multiprocess mode)
   elf-exits-granian  elf-serve --http-server granian (the same app behind Granian), one worker
   elf-exits-granian-2w  the same with --workers 2
-  elf-exits-compare  elf-serve from another source tree (--compare-src DIR, e.g.
-                     `git archive <commit> | tar -x -C DIR`): before/after numbers in one run
   litserve           LitServe serving full.onnx with its batching (multipart body)
   fastapi            a plain FastAPI `def` endpoint running full.onnx per request (raw body)
   kserve             KServe 0.21's Python model server, full.onnx, batching (raw body)
@@ -28,9 +26,10 @@ run; the report divides it by the exit mix's FLOPs ratio and states elf-serve's 
 Models: the bundled model (default models/fashion-mnist-lt; `--stand-in` builds a resnet32
 stand-in when it is missing) and the resnet50-style network at 224 px (bench.heavy_model).
 
-    python -m bench.http --models bundled --targets elf-exits fastapi litserve kserve ray \
-        --name http-bundled           # bench/results/http-bundled.{md,json,png}
-    python -m bench.http --quick      # a smoke test into runs/bench-quick/
+    python -m bench http --models bundled --targets elf-exits fastapi litserve kserve ray \
+        --name http-bundled           # bench/results/http-bundled.json, docs/benchmarks/http.md
+    python -m bench http --quick      # a smoke test into runs/bench-quick/
+    python -m bench http report       # docs/benchmarks/http.md from bench/results/http-*.json
 """
 
 from __future__ import annotations
@@ -38,18 +37,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import machine
+from bench import machine, pages
 from bench.baselines.batch_log import read_batch_sizes
 from bench.http_report import write_report
 from bench.images import ImageSet, content_type, load_image_set, write_image_set
@@ -64,7 +61,6 @@ TARGETS = (
     "elf-exits-2w",
     "elf-exits-granian",
     "elf-exits-granian-2w",
-    "elf-exits-compare",
     "litserve",
     "fastapi",
     "kserve",
@@ -82,16 +78,8 @@ class ModelCase:
     duration_s: float
 
 
-def elf_spec(
-    name: str,
-    model_dir: Path,
-    extra_env: list[str],
-    compare_src: Path | None,
-    compare_env: Sequence[str] = (),
-) -> ServerSpec:
-    """elf-serve: "elf" (1 worker), "elf-2w" (2 workers), "elf-granian[-2w]" (behind Granian),
-    "elf-compare" (the code in compare_src, e.g. `git archive <commit>` unpacked, and/or the
-    settings compare_env, for before/after numbers in one run)."""
+def elf_spec(name: str, model_dir: Path, extra_env: list[str]) -> ServerSpec:
+    """elf-serve: "elf" (1 worker), "elf-2w" (2 workers), "elf-granian[-2w]" (behind Granian)."""
     elf_serve = Path(sys.executable).parent / "elf-serve"
     env = {"ELF_PROVIDERS": "cpu", "ELF_LOG_LEVEL": "warning", "ELF_WORKERS": "1"}
     env |= dict(item.split("=", 1) for item in extra_env)
@@ -99,12 +87,6 @@ def elf_spec(
         env["ELF_WORKERS"] = "2"
     if name.startswith("elf-granian"):
         env["ELF_HTTP_SERVER"] = "granian"
-    if name == "elf-compare":
-        if compare_src is None and not compare_env:
-            sys.exit("target elf-exits-compare needs --compare-src DIR or --compare-env")
-        if compare_src is not None:
-            env["PYTHONPATH"] = str(compare_src.resolve())
-        env |= dict(item.split("=", 1) for item in compare_env)
     return ServerSpec(
         name, [str(elf_serve), "--model-dir", str(model_dir)], "/v2/health/ready", env
     )
@@ -137,7 +119,6 @@ ROUTES: dict[str, tuple[str, str, str]] = {
     "elf-exits-2w": ("elf-2w", "/v1/classify", "raw"),
     "elf-exits-granian": ("elf-granian", "/v1/classify", "raw"),
     "elf-exits-granian-2w": ("elf-granian-2w", "/v1/classify", "raw"),
-    "elf-exits-compare": ("elf-compare", "/v1/classify", "raw"),
     "litserve": ("litserve", "/predict", "multipart"),
     "fastapi": ("fastapi", "/predict", "raw"),
     "kserve": ("kserve", "/v1/models/full:predict", "raw"),
@@ -148,7 +129,6 @@ SERVERS = (
     "elf-2w",
     "elf-granian",
     "elf-granian-2w",
-    "elf-compare",
     "fastapi",
     "litserve",
     "kserve",
@@ -319,7 +299,7 @@ def run_server(
     image_list: Path,
 ) -> list[dict[str, Any]]:
     spec = (
-        elf_spec(server_name, case.model_dir, args.elf_env, args.compare_src, args.compare_env)
+        elf_spec(server_name, case.model_dir, args.elf_env)
         if server_name.startswith("elf")
         else baseline_spec(server_name, case.model_dir, args.log_dir)
     )
@@ -420,6 +400,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--images", type=Path, default=None, help="dir with labels.tsv (bundled model)")
     p.add_argument("--image-root", type=Path, default=Path("runs/bench-images"))
     p.add_argument("--out", type=Path, default=None, help="default bench/results (quick: runs/)")
+    p.add_argument("--pages", type=Path, default=None, help=f"page folder (default {pages.PAGES})")
     p.add_argument("--log-dir", type=Path, default=Path("runs/bench-http-logs"))
     p.add_argument("--ready-timeout", type=float, default=300.0)
     p.add_argument(
@@ -428,19 +409,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="ELF_X=V",
         help="extra elf-serve settings (default: its own), e.g. ELF_MAX_QUEUE_DELAY_MS=0",
-    )
-    p.add_argument(
-        "--compare-src",
-        type=Path,
-        default=None,
-        help="source tree for target elf-exits-compare (before/after in one run)",
-    )
-    p.add_argument(
-        "--compare-env",
-        nargs="+",
-        default=[],
-        metavar="ELF_X=V",
-        help="settings for target elf-exits-compare only (this tree unless --compare-src)",
     )
     p.add_argument("--name", default="http", help="results file stem (default http)")
     p.add_argument(
@@ -455,46 +423,56 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.duration = args.duration or (2.0 if q else 8.0)
     args.heavy_duration = args.heavy_duration or (2.0 if q else 10.0)
     args.warmup = args.warmup or (1.0 if q else 3.0)
-    args.out = args.out or (Path("runs/bench-quick") if q else Path("bench/results"))
+    args.out = args.out or (Path("runs/bench-quick") if q else pages.RESULTS)
+    args.pages = args.pages or (args.out if q else pages.PAGES)
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    facts = machine.facts()
+    if argv[:1] == ["report"]:
+        return report_main(argv[1:])
+    args = parse_args(argv)
+    result = machine.stamp("http")
     t0 = time.monotonic()
     cases = model_cases(args)
     limits = {c.key: in_process_full(c) for c in cases} if args.in_process else {}
     rows: list[dict[str, Any]] = []
     for case in cases:
         rows += run_case(case, args)
-    facts["load_average_end_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
-    result = {
-        "command": machine.command_line(),
-        "machine": facts,
+    result |= {
         "wall_s": round(time.monotonic() - t0, 1),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "models": {c.key: model_info(c) for c in cases},
         "in_process": limits,
         "rows": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"{args.name}.json"
-    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    write_report(result, args.out, args.name)
-    log.info("wrote %s/%s.{json,md,png} in %.0f s", args.out, args.name, result["wall_s"])
+    pages.save(result, out)
+    log.info("wrote %s and %s", out, write_report([(out, result)], args.pages))
+    return 0
+
+
+def report_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench http report", description=__doc__)
+    p.add_argument("--results", type=Path, nargs="+", default=None, help="bench/results/http-*")
+    p.add_argument("--pages", type=Path, default=pages.PAGES)
+    a = p.parse_args(argv)
+    paths = a.results or sorted(pages.RESULTS.glob("http-*.json"))
+    log.info("wrote %s", write_report([(path, pages.load(path)) for path in paths], a.pages))
+    return 0
 
 
 def in_process_full(case: ModelCase, batch: int = 32, seconds: float = 5.0) -> dict[str, Any]:
-    """full.onnx at batch 32 in this process with the server's session settings (bench.runner's
+    """full.onnx at batch 32 in this process with the server's session settings (bench.engine's
     case): the images/s that bounds every full-depth server; the exit mix divides it (report)."""
-    from bench import runner  # noqa: PLC0415  (ONNX Runtime sessions; only here)
+    from bench import engine  # noqa: PLC0415  (ONNX Runtime sessions; only here)
 
-    c = runner.load_case(case.key, case.model_dir, case.images, [batch], [batch])
+    c = engine.load_case(case.key, case.model_dir, case.images, [batch], [batch])
     runs, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds or runs < 3:
-        runner.run_full(c, batch)
+        engine.run_full(c, batch)
         runs += 1
     per_s = runs * len(c.x) / (time.perf_counter() - t0)
     log.info("%s: full.onnx batch %d in process: %.1f images/s", case.key, batch, per_s)
@@ -522,4 +500,4 @@ def model_info(case: ModelCase) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

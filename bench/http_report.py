@@ -1,4 +1,4 @@
-"""serving.md and serving.png from the rows bench/http.py measured."""
+"""docs/benchmarks/http.md and its plots from the results of bench/http.py."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import machine
+from bench import pages
 
 LABELS = {
     "elf-exits": "(a) elf-serve, exits",
@@ -14,7 +14,6 @@ LABELS = {
     "elf-exits-2w": "(a2) elf-serve, exits, --workers 2",
     "elf-exits-granian": "(g) elf-serve, exits, --http-server granian",
     "elf-exits-granian-2w": "(g2) elf-serve, exits, granian, --workers 2",
-    "elf-exits-compare": "(a0) elf-serve, exits, --compare-src code",
     "litserve": "(c) LitServe, full.onnx, batching",
     "fastapi": "(d) FastAPI def, full.onnx per request",
     "kserve": "(e) KServe 0.21 model server, full.onnx, batching",
@@ -33,11 +32,6 @@ HEAVY_NOTE = (
     "(FLOPs per exit, run time) is that of the real network. The stand-in for the bundled "
     "model (`--stand-in`, resnet32-28px-random) is built the same way."
 )
-
-# Issue 12's targets: (a)'s best >= 1.5x every peer's best on the heavy model, >= 2x on the
-# bundled one, p99 no worse at every concurrency; HTTP >= 90% / 60% of the in-process limit.
-GOALS = {"heavy": (1.5, PEERS), "bundled": (2.0, PEERS)}
-LIMIT_GOALS = {"heavy": 0.9, "bundled": 0.6}
 
 
 def mix_text(rates: list[float]) -> str:
@@ -115,20 +109,17 @@ def limit_line(
     ratio = 1 - best["flops_saved"]
     bound = limit["full_images_per_s"] / ratio
     share = best["throughput_rps"] / bound
-    goal = LIMIT_GOALS.get(key)
-    verdict = "" if goal is None else f" (goal {goal:.0%}: {'met' if share >= goal else 'NOT met'})"
     return (
         f"- In-process limit: full.onnx at batch {limit['batch']} ran "
         f"{limit['full_images_per_s']:.1f} images/s in this run; divided by the exit mix's "
         f"FLOPs ratio {ratio:.3f}: {bound:.1f} images/s. {_tag(ours)}'s best, "
         f"{best['throughput_rps']:.1f} "
-        f"req/s at c={best['concurrency']}, is **{share:.0%}** of it{verdict}."
+        f"req/s at c={best['concurrency']}, is **{share:.0%}** of it."
     )
 
 
 def ratios(model: str, rows: Sequence[dict[str, Any]], ours: str = "elf-exits") -> list[str]:
     """(a) over each baseline at every concurrency and at each one's best concurrency."""
-    goal, against = GOALS.get(model, (1.0, ()))
     by = {(r["target"], r["concurrency"]): r["throughput_rps"] for r in rows}
     concs = sorted({r["concurrency"] for r in rows})
     present = [t for t in LABELS if t != ours and any(k[0] == t for k in by)]
@@ -147,8 +138,7 @@ def ratios(model: str, rows: Sequence[dict[str, Any]], ours: str = "elf-exits") 
             for c in concs
         ]
         best = best_a / max(1e-9, *(v for k, v in by.items() if k[0] == t))
-        mark = f" (goal {goal}x: {'met' if best >= goal else 'NOT met'})" if t in against else ""
-        out.append(f"| {LABELS[t]} | " + " | ".join(cells) + f" | {best:.2f}x{mark} |")
+        out.append(f"| {LABELS[t]} | " + " | ".join(cells) + f" | {best:.2f}x |")
     return out
 
 
@@ -159,12 +149,12 @@ def model_section(
     lines = [
         f"## {key}: {info['name']} ({info['architecture']}, input {info['input']})",
         "",
-        f"- Model dir `{info['dir']}`, method: {info['method']}; FLOPs full "
+        f"- Method: {info['method']}; FLOPs full "
         f"{info['flops_full']:,}; thresholds {[round(t, 4) for t in info['thresholds']]}; "
         f"cumulative FLOPs ratio per exit {info['cumulative_flops_ratio']}",
         f"- Manifest's exit mix at these thresholds: {chosen.get('exit_rates')}, expected FLOPs "
         f"ratio {chosen.get('flops_ratio')}",
-        f"- {info['images']} images from `{info['image_dir']}`, {info['duration_s']:g} s per point",
+        f"- {info['images']} images, {info['duration_s']:g} s per point",
         "",
         *table(rows),
         "",
@@ -181,43 +171,41 @@ def model_section(
     return lines
 
 
-def write_report(result: dict[str, Any], out: Path, name: str = "http") -> None:
-    rows = result["rows"]
-    lines = [
-        "# Serving benchmark (bench/http.py)",
-        "",
-        f"Command: `{result['command']}` ({result['wall_s']:.0f} s wall)"
-        + (" -- QUICK SMOKE TEST, not a result" if result["settings"].get("quick") else ""),
-        "",
-        machine.markdown(result["machine"]),
-        f"- Load average at end: {result['machine'].get('load_average_end_1_5_15')}",
-        "",
-        "Method: wrk (C, its own process; `wrk cores` = its CPU use) with "
-        "`bench/wrk/post_images.lua`, closed loop, one connection per wrk thread, real "
-        "Fashion-MNIST test images in turn; every answer's `class_index` checked against the "
-        "image's label (accuracy). Each server alone: started, ready, warmed with load, "
-        "measured, stopped; one uvicorn worker each unless the label says otherwise "
-        "(LitServe: one API server process + one inference worker process; Ray Serve: its HTTP "
-        "proxy actor + one replica on a local Ray instance; KServe: one uvicorn worker). (a) "
-        "and (b) are one elf-serve process, measured interleaved. Bodies: raw `image/*` for all "
-        "but (c), multipart for (c) (LitServe parses JSON or forms only). Batching peers: at "
-        "most 32 per batch, 2 ms wait (LitServe batch_timeout, Ray batch_wait_timeout_s, "
-        "KServe's agent maxLatency, reproduced in the model server: bench/baselines/batch_log.py);"
-        " `batches` = the batch sizes each one ran during the point, from its own log (a few "
-        "single probe requests included). KServe and Ray Serve run in venvs of their own "
-        "(bench/peers.py, pinned in bench/baselines/requirements/). ONNX Runtime: elf-serve "
-        "with its settings (intra-op threads = CPUs / workers, no spinning); the baselines "
-        "with ORT's default session options. `server CPU ms/req` = CPU time of the server's "
-        "processes (its group and every descendant) / requests.",
-        "",
-        HEAVY_NOTE,
-        "",
-    ]
-    for key, info in result["models"].items():
-        rows_k = [r for r in rows if r["model"] == key]
-        lines += model_section(key, info, rows_k, result.get("in_process", {}).get(key))
-    (out / f"{name}.md").write_text("\n".join(lines), encoding="utf-8")
-    plot(result, out / f"{name}.png")
+METHOD = (
+    "Method: wrk (C, its own process; `wrk cores` = its CPU use) with "
+    "`bench/wrk/post_images.lua`, closed loop, one connection per wrk thread, real "
+    "Fashion-MNIST test images in turn; every answer's `class_index` checked against the "
+    "image's label (accuracy). Each server alone: started, ready, warmed with load, "
+    "measured, stopped; one worker each unless the label says otherwise "
+    "(LitServe: one API server process + one inference worker process; Ray Serve: its HTTP "
+    "proxy actor + one replica on a local Ray instance; KServe: one uvicorn worker). (a) "
+    "and (b) are one elf-serve process, measured interleaved. Bodies: raw `image/*` for all "
+    "but (c), multipart for (c) (LitServe parses JSON or forms only). Batching peers: at "
+    "most 32 per batch, 2 ms wait (LitServe batch_timeout, Ray batch_wait_timeout_s, "
+    "KServe's agent maxLatency, reproduced in the model server: bench/baselines/batch_log.py);"
+    " `batches` = the batch sizes each one ran during the point, from its own log. KServe and "
+    "Ray Serve run in virtual environments of their own (`bench/peers.py`, pinned in "
+    "`bench/baselines/requirements/`). ONNX Runtime: elf-serve with its settings (intra-op "
+    "threads = CPUs / workers, no spinning); the peers with ORT's default session options. "
+    "`server CPU ms/req` = CPU time of the server's processes / requests."
+)
+
+
+def write_report(results: Sequence[tuple[Path, dict[str, Any]]], folder: Path) -> Path:
+    """folder/http.md (one section per result) and one plot per result beside it."""
+    lines = ["# Serving over HTTP against the peers", "", METHOD, "", HEAVY_NOTE, ""]
+    for path, result in results:
+        head = pages.header(f"Run `{path.stem}`", result, path)
+        lines += ["#" + head[0], *head[1:]]
+        if result["settings"].get("quick"):
+            lines += ["**A quick smoke test, not a measurement.**", ""]
+        plot(result, folder / f"{path.stem}.png")
+        lines += [f"![{path.stem}: requests/s and p99 against concurrency]({path.stem}.png)", ""]
+        for key, info in result["models"].items():
+            rows_k = [r for r in result["rows"] if r["model"] == key]
+            section = model_section(key, info, rows_k, result.get("in_process", {}).get(key))
+            lines += ["#" + section[0], *section[1:]]
+    return pages.write("http", lines, folder)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -246,7 +234,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
             ax.grid(alpha=0.3)
         axes[i][1].set_yscale("log")
         axes[i][0].legend(fontsize=8)
-    fig.suptitle(f"{result['machine']['nproc']} CPUs, {result['machine']['cpu_model']}")
+    fig.suptitle(result.get("hardware_line", ""), fontsize=9)
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,4 +1,5 @@
-"""Machine facts recorded next to every benchmark number (a number without them means little)."""
+"""What every benchmark result records beside its numbers: the command, the commit and the
+hardware (a number without them means little)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-PACKAGES = (
-    "onnxruntime", "numpy", "pillow", "fastapi", "starlette", "uvicorn", "uvloop", "httptools",
-    "pydantic", "litserve", "torch",
+# The libraries a timing depends on; torch only where it is installed.
+LIBRARIES = ("onnxruntime", "numpy", "torch")
+OTHER_PACKAGES = (
+    "pillow", "fastapi", "starlette", "uvicorn", "uvloop", "httptools", "pydantic", "litserve",
 )  # fmt: skip
 
 
@@ -25,7 +27,7 @@ def cpu_model() -> str:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return platform.processor() or "unknown CPU"
 
 
 def _run(cmd: list[str]) -> str:
@@ -33,16 +35,17 @@ def _run(cmd: list[str]) -> str:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "unavailable"
-    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if text else ""
 
 
-def versions() -> dict[str, str]:
+def versions(names: tuple[str, ...]) -> dict[str, str]:
     found = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            found[name] = "not installed"
+            continue
     return found
 
 
@@ -52,51 +55,47 @@ def git_commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def facts() -> dict[str, Any]:
+def hardware() -> dict[str, Any]:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "nproc": len(os.sched_getaffinity(0)),
         "cpu_model": cpu_model(),
+        "cores": len(os.sched_getaffinity(0)),
         "memory_gib": round(mem, 1),
-        "kernel": platform.release(),
+        "os": f"{platform.system()} {platform.release()}",
         "python": sys.version.split()[0],
-        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
-        "git_commit": git_commit(),
+        "libraries": versions(LIBRARIES),
+        "packages": versions(OTHER_PACKAGES),
         "wrk": _run(["wrk", "--version"]).split(" Copyright")[0],
-        "packages": versions(),
     }
 
 
+def hardware_line(hw: dict[str, Any]) -> str:
+    """One line: CPU model, cores, memory, Python and the libraries that set the timings."""
+    libs = ", ".join(f"{k} {v}" for k, v in hw["libraries"].items())
+    return (
+        f"{hw['cpu_model']}, {hw['cores']} cores, {hw['memory_gib']} GiB; "
+        f"Python {hw['python']}, {libs}"
+    )
+
+
 def command_line() -> str:
-    return shlex.join([Path(sys.executable).name, "-m", *_module_argv()])
-
-
-def _module_argv() -> list[str]:
+    """The command as a user types it (`python -m bench NAME ...`)."""
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
-    name = spec.name if spec is not None else Path(sys.argv[0]).stem
-    return [name, *sys.argv[1:]]
+    name = spec.name.removesuffix(".__main__") if spec is not None else Path(sys.argv[0]).stem
+    return shlex.join(["python", "-m", name, *sys.argv[1:]])
 
 
-def markdown(f: dict[str, Any]) -> str:
-    pk = ", ".join(f"{k} {v}" for k, v in f["packages"].items())
-    busy = f["load_average_1_5_15"][0] > 0.25 * f["nproc"]
-    warning = (
-        ["- **WARNING: the machine was busy at the start (load average above); timings are "
-         "not comparable with an idle machine's.**"]
-        if busy
-        else []
-    )  # fmt: skip
-    return "\n".join(
-        [
-            *warning,
-            f"- Machine: {f['nproc']} CPUs ({f['cpu_model']}), {f['memory_gib']} GiB, "
-            f"Linux {f['kernel']}, Python {f['python']}",
-            f"- Load average at start (1/5/15 min): {f['load_average_1_5_15']} "
-            "(an idle machine reads about 0)",
-            f"- Code: git {f['git_commit']}; {f['wrk']}",
-            f"- Packages: {pk}",
-            f"- Date: {f['date']}",
-        ]
-    )
+def stamp(benchmark: str) -> dict[str, Any]:
+    """The fields every result JSON starts with. `load_1min_at_start` is kept as data: a
+    result taken while other work ran is not comparable with one taken on an idle machine."""
+    hw = hardware()
+    return {
+        "benchmark": benchmark,
+        "command": command_line(),
+        "commit": git_commit(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "hardware_line": hardware_line(hw),
+        "hardware": hw,
+        "load_1min_at_start": round(os.getloadavg()[0], 2),
+    }

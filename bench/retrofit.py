@@ -4,18 +4,17 @@ heavy: the resnet50-style network at 224 px (random backbone, as in bench.heavy_
   by torch's ONNX exporter with its final classifier as the only output; retrofitted on a small
   Fashion-MNIST image folder (RGB, 224 px); then served by a real elf-serve: exit mix and measured
   speed-up of the calibrated thresholds against no early exit (same server, same images, the
-  thresholds switched through the admin API). Timed part only: run it under
-  /work/runs/bench_lock.sh.
+  thresholds switched through the admin API). Time it on an otherwise idle machine.
 
-    python -m bench.retrofit heavy --work runs/retrofit-heavy \\
-        --out bench/results/retrofit_heavy.json
+    python -m bench retrofit heavy --work runs/retrofit-heavy \\
+        --out bench/results/retrofit-heavy.json
 
 fmnist: the standard-bs network (resnet32, Fashion-MNIST-LT, balanced softmax, final exit only)
   exported with elf-export; its full.onnx reduced to the final output; retrofitted; compared on
   test (thresholds from validation) with rows of bench/results/accuracy (bench.retrofit_compare).
 
-    python -m bench.retrofit fmnist --checkpoint CKPT --work runs/retrofit-fmnist \\
-        --out bench/results/retrofit_fmnist.json \\
+    python -m bench retrofit fmnist --checkpoint CKPT --work runs/retrofit-fmnist \\
+        --out bench/results/retrofit-fmnist.json \\
         --compare bench/results/accuracy/elf-bs-s1.json=runs/bench-accuracy/elf-bs-e30-s1
 """
 
@@ -40,6 +39,7 @@ import numpy as np
 import onnx
 from PIL import Image
 
+from bench import machine, pages, retrofit_page
 from bench.images import fashion_mnist
 from bench.retrofit_compare import accuracy_row, calibration_point, table, training_seconds
 from bench.servers import ServerSpec, running
@@ -255,8 +255,12 @@ def fmnist(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        return retrofit_page.main(argv[1:])
+    p = argparse.ArgumentParser(prog="python -m bench retrofit", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = p.add_subparsers(dest="what", required=True)
     h = sub.add_parser("heavy")
     h.add_argument("--train-per-class", type=int, default=30)
@@ -278,14 +282,13 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
-    result = heavy(args) if args.what == "heavy" else fmnist(args)
-    result["command"] = "python -m bench.retrofit " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps({k: v for k, v in result.items() if k != "calibration"}, indent=1)[:3000])
+    result = machine.stamp("retrofit")
+    result |= heavy(args) if args.what == "heavy" else fmnist(args)
+    pages.save(result, args.out)
+    folder = pages.PAGES if args.out.parent == pages.RESULTS else args.out.parent
+    retrofit_page.write_page(sorted(args.out.parent.glob("retrofit-*.json")), folder)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bench import accuracy
-from bench.accuracy_import import from_summary
+from bench.accuracy_report import summarize
 from bench.accuracy_runs import SCHEMA, load_results
 from tests.elf_core.test_tail_protection import COUNTS, _problem
 
@@ -63,8 +63,7 @@ def collected(tmp_path: Path) -> tuple[Path, Path]:
     (runs / "nonsense-e30-s0").mkdir()  # not a known row
     results, stem = tmp_path / "results", tmp_path / "report"
     argv = ["collect", "--runs-dir", str(runs), "--results-dir", str(results),
-            "--report", str(stem), "--train-commit", "abc1234",
-            "--notes", str(tmp_path / "absent.md")]  # fmt: skip
+            "--pages", str(stem), "--train-commit", "abc1234"]  # fmt: skip
     assert accuracy.main(argv) == 0
     return results, stem
 
@@ -96,7 +95,7 @@ def test_collect_writes_one_file_per_finished_run(collected: tuple[Path, Path]) 
 
 def test_report_is_built_from_the_result_files(collected: tuple[Path, Path]) -> None:
     results, stem = collected
-    report = json.loads(stem.with_suffix(".json").read_text())
+    report = {"rows": summarize(load_results(results), list(accuracy.PLAN))}
     elf = report["rows"]["elf-bs"]
     assert elf["seeds"] == [0, 1]
     bal = elf["chosen"]["balanced_top1"]
@@ -106,7 +105,7 @@ def test_report_is_built_from_the_result_files(collected: tuple[Path, Path]) -> 
     assert report["rows"]["standard-bs"]["best"]["flops_saved"]["std"] == 0.0
     gain = elf["tail_protected"][1]["tail_gain"]
     assert gain["mean"] == pytest.approx(0.25) and gain["n"] == 2
-    md = stem.with_suffix(".md").read_text()
+    md = (stem / "accuracy.md").read_text()
     assert "| elf-bs | 0,1 | 85.0 ± 7.1 | 85.0 ± 7.1 | 90.0 ± 0.0 | 30.0 ± 0.0 | 84.6 ± 7.1 |" in md
     assert "| standard-bs | 2 | 85.0 | 85.0 | 90.0 | 30.0 |" in md
     assert (
@@ -114,41 +113,22 @@ def test_report_is_built_from_the_result_files(collected: tuple[Path, Path]) -> 
         in md
     )
     # What is missing, with the command that makes it; finished pairs are not listed.
-    missing = "- `elf-bs` seeds [2]: `python -m bench.accuracy --epochs 30 --seeds 2 --rows elf-bs"
+    missing = "- `elf-bs` seeds [2]: `python -m bench accuracy --epochs 30 --seeds 2 --rows elf-bs"
     assert missing in md and "- `standard-bs` seeds [0, 1]:" in md
     # Collecting again rewrites nothing that did not change.
     stamp = (results / "elf-bs-s0.json").stat().st_mtime_ns
     assert accuracy.main(["collect", "--runs-dir", str(results.parent / "runs"),
-                          "--results-dir", str(results), "--report", str(stem),
+                          "--results-dir", str(results), "--pages", str(stem),
                           "--train-commit", "abc1234"]) == 0  # fmt: skip
     assert (results / "elf-bs-s0.json").stat().st_mtime_ns == stamp
-    # The report needs only the files: deleting the runs and rebuilding gives the same tables.
-    before = stem.with_suffix(".json").read_text()
-    argv = ["report", "--results-dir", str(results), "--report", str(stem)]
+    # The page needs only the files: rebuilding it from them gives the same page.
+    (stem / "accuracy.md").unlink()
+    argv = ["report", "--results-dir", str(results), "--pages", str(stem)]
     assert accuracy.main(argv) == 0
-    assert json.loads(stem.with_suffix(".json").read_text())["rows"] == json.loads(before)["rows"]
+    assert (stem / "accuracy.md").read_text() == md
 
 
 def test_a_foreign_file_in_the_results_dir_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "elf-bs-s0.json").write_text('{"row": "elf-bs"}')
     with pytest.raises(ValueError, match="not a result file"):
         load_results(tmp_path)
-
-
-def test_an_old_single_seed_summary_splits_into_exact_runs() -> None:
-    stat = {"mean": 0.5, "std": 0.0, "n": 1}
-    pt = {"balanced_top1": stat, "head": stat, "middle": stat, "tail": stat}
-    row = {"seeds": [0], "method": "elf", "loss": "ce", "exits": [pt, pt],
-           "early_exit_best": {**pt, "flops_saved": stat, "thresholds": [[0.9, 0.0]],
-                               "exit_rates": [[0.3, 0.7]]},
-           "early_exit_chosen": {**pt, "flops_saved": stat, "thresholds": [[0.6, 0.0]],
-                                 "exit_rates": [[0.6, 0.4]]},
-           "val_best_balanced_top1": stat}  # fmt: skip
-    meta = {"epochs": 30, "row_args": {"elf-ce": "--method elf"}, "dataset": "d", "arch": "a",
-            "train_class_counts": [3, 2, 1], "groups": GROUPS, "date": "2026-11-27"}  # fmt: skip
-    r = from_summary({"meta": meta, "rows": {"elf-ce": row}}, "elf-ce", command="c", note="n")
-    assert r["test"]["chosen"]["thresholds"] == [0.6, 0.0] and r["seed"] == 0
-    assert r["val"]["best"]["balanced_top1"] == 0.5 and r["commit"] is None
-    with pytest.raises(ValueError, match="more than one seed"):
-        from_summary({"meta": meta, "rows": {"elf-ce": {**row, "val_best_balanced_top1":
-                      {**stat, "n": 2}}}}, "elf-ce", command="c", note="n")  # fmt: skip

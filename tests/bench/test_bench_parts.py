@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.engine import efficiency
 from bench.heavy_model import mix_thresholds
 from bench.http_report import ratios
 from bench.images import load_image_set
-from bench.runner import efficiency
 from bench.wrk_run import run_wrk, write_list
 from elf_core.exits import exit_index, exit_thresholds
 from elf_core.flops import exit_rates
@@ -41,7 +41,7 @@ def _row(target: str, c: int, rps: float) -> dict[str, object]:
     return {"target": target, "concurrency": c, "throughput_rps": rps}
 
 
-def test_ratios_compare_a_with_each_baseline_and_judge_the_goal() -> None:
+def test_ratios_compare_a_with_each_baseline() -> None:
     rows = [
         _row("elf-exits", 1, 100.0),
         _row("elf-exits", 8, 420.0),
@@ -49,9 +49,9 @@ def test_ratios_compare_a_with_each_baseline_and_judge_the_goal() -> None:
         _row("fastapi", 8, 200.0),
     ]
     text = "\n".join(ratios("bundled", rows))
-    assert "| 1.00x | 2.10x | 2.10x (goal 2.0x: met) |" in text
+    assert "| 1.00x | 2.10x | 2.10x |" in text
     rows[1] = _row("elf-exits", 8, 230.0)
-    assert "1.15x (goal 2.0x: NOT met)" in "\n".join(ratios("bundled", rows))
+    assert "| 1.00x | 1.15x | 1.15x |" in "\n".join(ratios("bundled", rows))
 
 
 def _png(value: int) -> bytes:
@@ -129,27 +129,3 @@ def test_wrk_script_counts_answers_matching_the_labels(
     assert r.accuracy == pytest.approx(0.75, abs=0.05)
     assert 0 < r.latency_ms["p50"] <= r.latency_ms["p99"]
     assert r.wrk_cpu_s > 0
-
-
-def test_granian_options_report_takes_medians_against_uvicorn_of_the_same_workers() -> None:
-    from bench.granian_options import medians, report  # noqa: PLC0415
-
-    def row(variant: str, rnd: int, rps: float) -> dict[str, object]:
-        lat = {"p50": rps / 100, "p99": rps / 10}
-        return {
-            "variant": variant,
-            "round": rnd,
-            "concurrency": 32,
-            "throughput_rps": rps,
-            "latency_ms": lat,
-            "server_cpu_ms_per_request": 2.0,
-        }
-
-    rows = [row("uvicorn", r, v) for r, v in enumerate([700.0, 100.0, 720.0])]
-    rows += [row("granian", r, v) for r, v in enumerate([630.0, 900.0, 648.0])]
-    rows += [row("uvicorn 2w", 0, 800.0), row("granian 2w", 0, 1000.0)]
-    assert medians(rows)[("granian", 32)]["throughput_rps"] == 648.0
-    text = report(rows, "cmd")
-    assert "| granian | 648.0 (0.93x), 6.5 / 64.8, 2.00 |" in text
-    assert "| granian 2w | 1000.0 (1.25x)" in text  # against uvicorn 2w, not uvicorn
-    assert "Medians over 3 rounds" in text

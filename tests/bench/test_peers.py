@@ -121,8 +121,7 @@ def test_report_judges_p99_and_the_in_process_limit() -> None:
     text = "\n".join(p99_check(rows))
     assert "| 0.50 | 1.50 (worse) |" in text
     line = limit_line("bundled", rows, {"batch": 32, "full_images_per_s": 250.0})
-    assert "500.0 images/s" in line and "**60%**" in line and "goal 60%: met" in line
-    assert "NOT met" in limit_line("heavy", rows, {"batch": 32, "full_images_per_s": 250.0})
+    assert "500.0 images/s" in line and "**60%**" in line
     assert limit_line("bundled", rows, None) == ""
     # Each elf-serve variant (here the Granian front end) is judged on its own rows.
     rows += [row("elf-exits-granian", 1, 120, 1.0), row("elf-exits-granian", 8, 400, 7.0)]

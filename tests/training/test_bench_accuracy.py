@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from bench import accuracy
+from bench.accuracy_report import summarize
+from bench.accuracy_runs import load_results
 from tests.training.conftest import tiny_args
 
 
@@ -20,7 +22,7 @@ def test_rows_run_skip_and_report(image_folder: Path, tmp_path: Path) -> None:
     small = small[: small.index("--out")] + small[small.index("--out") + 2 :]
     results, stem = tmp_path / "results", tmp_path / "acc"
     argv = ["--rows", "standard-ce", "elf-bs", "--epochs", "1", "--runs-dir", str(tmp_path),
-            "--results-dir", str(results), "--report", str(stem),
+            "--results-dir", str(results), "--pages", str(stem),
             "--train-args", shlex.join(small)]  # fmt: skip
     assert accuracy.main(argv) == 0
     metrics = [tmp_path / f"{row}-e1-s0" / "metrics.json" for row in ("standard-ce", "elf-bs")]
@@ -34,14 +36,14 @@ def test_rows_run_skip_and_report(image_folder: Path, tmp_path: Path) -> None:
     assert "--method elf --loss balanced_softmax" in elf["command"]
     assert len(elf["commit"].removesuffix("+dirty")) == 40
     assert [t["tail_tolerance"] for t in elf["tail_protected"]] == [None, 0.0, 0.005, 0.01]
-    report = json.loads((tmp_path / "acc.json").read_text())
+    report = {"rows": summarize(load_results(results), list(accuracy.PLAN))}
     assert list(report["rows"]) == ["elf-bs", "standard-ce"]  # in the order of bench's PLAN
     row = report["rows"]["elf-bs"]
     assert row["method"] == "elf" and row["loss"] == "balanced_softmax"
     test = json.loads(metrics[1].read_text())["test"]
     assert row["best"]["balanced_top1"]["mean"] == test["calibrated_best"]["balanced_top1"]
     assert row["exits"][2]["tail"]["mean"] == test["exits"][2]["groups"]["tail"]
-    md = (tmp_path / "acc.md").read_text()
+    md = (stem / "accuracy.md").read_text()
     assert "| elf-bs | 0 |" in md and "(recorded by elf-train; commit " in md
 
 
