@@ -22,8 +22,9 @@ MARKER = "<!-- elf:settings-table -->"
 def _import_settings() -> tuple[Any, Path, dict[str, str]]:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from server import settings as module
-    from server.cli import build_parser
+    # Imported here: MkDocs loads this file by path, before the repository is importable.
+    from server import settings as module  # noqa: PLC0415
+    from server.cli import build_parser  # noqa: PLC0415
 
     flags = {
         a.dest: a.option_strings[0]
@@ -84,16 +85,14 @@ def settings_rows() -> list[tuple[str, str, str, str, str]]:
         if not text:
             raise ValueError(f"server/settings.py: setting {name!r} has no description or comment")
         flag = f"`{flags[name]}`" if name in flags else ""
-        rows.append((f"`ELF_{name.upper()}`", flag, _type(info.annotation), _default(info.default), text))
+        kind, default = _type(info.annotation), _default(info.default)
+        rows.append((f"`ELF_{name.upper()}`", flag, kind, default, text.replace("|", "\\|")))
     return rows
 
 
 def settings_table() -> str:
     head = "| variable | flag | type | default | what it does |\n|---|---|---|---|---|\n"
-    body = "".join(
-        "| " + " | ".join(cell.replace("|", "\\|") if i == 4 else cell for i, cell in enumerate(row)) + " |\n"
-        for row in settings_rows()
-    )
+    body = "".join("| " + " | ".join(row) + " |\n" for row in settings_rows())
     return head + body
 
 
