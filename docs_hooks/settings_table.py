@@ -91,8 +91,12 @@ def settings_rows() -> list[tuple[str, str, str, str, str]]:
 
 
 def settings_table() -> str:
-    head = "| variable | flag | type | default | what it does |\n|---|---|---|---|---|\n"
-    body = "".join("| " + " | ".join(row) + " |\n" for row in settings_rows())
+    """One row per setting; the flag under its variable, so the description has the room."""
+    head = "| setting | type | default | what it does |\n|---|---|---|---|\n"
+    body = "".join(
+        f"| {var}{'<br>' + flag if flag else ''} | {kind} | {default} | {text} |\n"
+        for var, flag, kind, default, text in settings_rows()
+    )
     return head + body
 
 
