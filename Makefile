@@ -9,7 +9,7 @@ MODEL_DIR ?= models/fashion-mnist-lt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: test lint typecheck pytest serve model dev clean system
+.PHONY: test lint typecheck pytest serve model dev clean system docs
 
 # Debian packages the tests need (python3-venv, prometheus, nginx, ...): the list is
 # scripts/system-packages.txt. Installs only what is missing (root and apt-get needed then);
@@ -50,8 +50,13 @@ $(SERVE_VENV)/.installed: pyproject.toml
 serve: $(SERVE_VENV)/.installed
 	ELF_MODEL_DIR=$(MODEL_DIR) $(SERVE_VENV)/bin/elf-serve --host $(HOST) --port $(PORT)
 
+# The documentation site (docs/, mkdocs.yml) into site/: offline and strict (a broken link or a
+# page missing from the navigation fails). tests/docs/test_site.py runs the same build.
+docs: dev
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) $(SERVE_VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
+	rm -rf site $(VENV) $(SERVE_VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
 
 # Reproduce the bundled model from scratch: train the best ELF setting of the accuracy benchmark
 # (docs/benchmarks/accuracy.md), export, verify and calibrate on the validation split.

@@ -225,6 +225,24 @@ def calibrate(
     With `tail_tolerance`, the chosen point must also keep the protected classes (`protect_classes`,
     default the tail third) at most `tail_tolerance` below their best accuracy among the points
     that meet `tolerance` (so such a point always exists: the one where they are best).
+
+    Args:
+        probs: Per exit, the softmax probabilities `[N, C]` of the validation images.
+        labels: The images' classes `[N]`.
+        cum_flops_ratio: Each exit's cumulative FLOPs as a fraction of the backbone's.
+        tolerance: Accepted loss of balanced top-1 against the best point, in [0, 1].
+        tail_classes: The tail third's classes (default: from `train_class_counts`).
+        train_class_counts: Training images per class (defines head, middle and tail).
+        n_quantiles: Candidate thresholds per exit (quantiles of its confidences).
+        tail_tolerance: Tail protection, in [0, 1]; `None` = off.
+        protect_classes: The classes tail protection keeps (default the tail third).
+
+    Returns:
+        The curve, its best point and the chosen point with its thresholds.
+
+    Raises:
+        ValueError: A tolerance outside [0, 1].
+        CalibrationError: Protected classes without a tail tolerance.
     """
     for name, value in (("tolerance", tolerance), ("tail_tolerance", tail_tolerance)):
         if value is not None and not 0.0 <= value <= 1.0:

@@ -82,8 +82,25 @@ def run_calibration(
     protect_classes: Sequence[int] | None = None,
     val: SplitProbs,
 ) -> CalibrationOutcome:
-    """tail_tolerance: tail protection of the tail third, or of `protect_classes`; val: these
-    stage graphs' validation_probs (the callers share them with agreement.json)."""
+    """Choose a model directory's exit thresholds on the validation split.
+
+    Args:
+        stage_paths: The stage graphs, in order.
+        splits: The data splits (validation for the choice, training counts for the tail).
+        cumulative_flops: Each exit's cumulative FLOPs.
+        flops_full: The backbone's FLOPs.
+        tolerance: The chosen point is the cheapest whose balanced top-1 is at most this far
+            below the best point of the curve.
+        providers: ONNX Runtime execution providers.
+        batch_size: Images per stage run.
+        progress: Show progress bars.
+        tail_tolerance: Also keep the tail third (or `protect_classes`) within this of its best.
+        protect_classes: The classes tail protection keeps.
+        val: These stage graphs' validation probabilities (shared with `agreement.json`).
+
+    Returns:
+        The trade-off curve and the chosen point.
+    """
     runner = StageChain(stage_paths, providers)
     ratio = [c / flops_full for c in cumulative_flops]
     tail = class_thirds(splits.train_class_counts)[2]

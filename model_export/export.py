@@ -229,8 +229,25 @@ def export_model(
     extra_files: dict[str, str] | None = None,
     after_manifest: Callable[[Path], object] | None = None,
 ) -> ExportResult[TorchChecks]:
-    """Export `net` into cfg.out through write_model_dir; parity with torch on `parity_inputs`
-    (normalized [N, C, H, W]), relative to each exit's logit range with `relative_parity`."""
+    """Export a trained multi-exit network into a model directory that `elf-serve` serves.
+
+    One ONNX graph per stage and `full.onnx`, checked (ONNX checker, batch sizes, parity with
+    torch, FLOPs counted twice), calibrated on validation, then the manifest; everything is built
+    in a staging directory and moved to `cfg.out` only after every check passed.
+
+    Args:
+        net: The trained network (moved to the CPU, eval mode).
+        card: Name, version, classes, preprocessing and provenance for the manifest.
+        cfg: Destination, tolerance and the other export options.
+        parity_inputs: Normalised validation images `[N, C, H, W]` for the parity check.
+        calibrate: The calibration step (thresholds on the validation split).
+        relative_parity: Compare logits relative to each exit's logit range.
+        extra_files: More files (name -> text) to write into the directory.
+        after_manifest: Called with the staging directory once the manifest is written.
+
+    Returns:
+        The model directory, its manifest and the checks' results.
+    """
     pre = card.preprocessing
     step = TorchGraphs(
         net.cpu().eval(), (pre.channels, pre.height, pre.width), parity_inputs, relative_parity

@@ -27,6 +27,18 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the serving application: the v1 and v2 routes, `/metrics` and `/docs`.
+
+    The models load in the app's lifespan, not here: every model directory is read through
+    `load_manifest` (sha256 checked), one ONNX Runtime session is made per stage, and every stage
+    runs at the batch sizes it will see before `/v2/health/ready` answers 200.
+
+    Args:
+        settings: The server's settings; `None` reads them from the `ELF_*` environment.
+
+    Returns:
+        The ASGI app, to run under uvicorn or Granian (`elf-serve` does both).
+    """
     settings = settings if settings is not None else Settings()
     state = AppState(settings=settings, metrics=Metrics())
     # The load controller's end-to-end view of the inference requests (ELF_LATENCY_TARGET_MS).

@@ -44,7 +44,8 @@ _FLAGS = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """elf-serve's flags; each settings flag's `dest` is its settings field (the docs' table)."""
     p = argparse.ArgumentParser(prog="elf-serve", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -59,7 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     for field, text in _FLAGS.items():
         p.add_argument("--" + field.replace("_", "-"), dest=field, default=None, help=text)
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def _errors(exc: ValidationError) -> str:

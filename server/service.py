@@ -55,6 +55,22 @@ async def classify(
     threshold: float | None,
     mode: ExitMode,
 ) -> list[Answer]:
+    """Classify preprocessed images through the model's batcher and count them in the metrics.
+
+    Args:
+        state: The app's state (settings and metrics).
+        model: The served model whose batcher runs the images.
+        arrays: One normalised float32 array per image, shaped as the model's input.
+        threshold: One threshold for every auxiliary exit; `None` uses the model's current ones.
+        mode: `auto` (early exit) or `final` (every stage runs).
+
+    Returns:
+        One answer per image, in order: class, confidence, probabilities, the exit taken with its
+        threshold, the FLOPs executed, and the queue and compute times.
+
+    Raises:
+        TimeoutError: No answer within `ELF_REQUEST_TIMEOUT_S`.
+    """
     settings = state.settings
     check_count(len(arrays), settings)
     thr = model.row_thresholds(threshold, mode)

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     default_model: str | None = None
     # auto: CUDA when onnxruntime offers it, else CPU; cuda: fail unless CUDA is active.
     providers: Literal["auto", "cpu", "cuda"] = "auto"
+    # The GPU the CUDA provider runs on.
     cuda_device_id: Annotated[int, Field(ge=0)] = 0
     # CUDA provider options (ONNX Runtime's names; ignored on CPU). HEURISTIC asks cuDNN for its
     # ranked guess per new input shape; EXHAUSTIVE (ORT's default) benchmarks every algorithm
@@ -44,12 +45,14 @@ class Settings(BaseSettings):
     # (onnxruntime.preload_dlls, then the system's library path) before the first CUDA session.
     cuda_preload_dlls: bool = True
 
+    # Rows per stage batch (with batch_cap=auto: the largest the cap may be).
     max_batch_size: PositiveInt = 32
     # The batcher's cap on rows per batch (server/batching/batch_cap.py): max = max_batch_size;
     # auto = at startup, the smallest batch size whose time per image through the batcher (a
     # burst to the last exit) is within batch_cap_tolerance of the best (up to max_batch_size).
     # Small batches flatten the closed-loop latency tail where they cost no throughput.
     batch_cap: Literal["max", "auto"] = "max"
+    # batch_cap=auto: the accepted excess over the best time per image (0 <= t < 1).
     batch_cap_tolerance: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
     # How long the oldest waiting row may wait for a fuller batch, at every stage.
     max_queue_delay_ms: Annotated[float, Field(ge=0.0)] = 2.0
@@ -59,13 +62,18 @@ class Settings(BaseSettings):
     scheduling: Literal["deepest-first", "age-aware"] = "age-aware"
     # Images admitted and not yet answered, per model; beyond it requests get 503.
     max_queue_size: PositiveInt = 1024
+    # Longest time a request may wait for its answer (504 after).
     request_timeout_s: Annotated[float, Field(gt=0.0)] = 30.0
+    # Seconds in the Retry-After header of a 503 (queue full, overloaded, shutting down).
     retry_after_s: PositiveInt = 1
 
+    # Largest request body in bytes (413 beyond).
     max_body_bytes: PositiveInt = 10 * 1024 * 1024
     # Longest time a request body may take to arrive, from its first byte read (408 after).
     body_timeout_s: Annotated[float, Field(gt=0.0)] = 30.0
+    # Width x height of an image, read from its header before decoding (413 beyond).
     max_image_pixels: PositiveInt = 16_000_000
+    # Images in one request (400 beyond).
     max_images_per_request: PositiveInt = 64
     # Total encoded bytes of a request above which decoding leaves the event loop.
     decode_inline_bytes: Annotated[int, Field(ge=0)] = 64 * 1024
@@ -95,9 +103,11 @@ class Settings(BaseSettings):
     # use; unset = the calibrated point's minus 0.01.
     min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
 
+    # Worker processes, each with its own models and batcher (ELF_STATE_DIR shares thresholds).
     workers: PositiveInt = 1
     # The HTTP server in front of the app (server/frontend.py); granian needs the granian extra.
     http_server: HttpServer = "uvicorn"
+    # Log level of the server; debug also prints the traceback of a start-up error.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")

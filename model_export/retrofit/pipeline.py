@@ -139,6 +139,24 @@ def _check_config(cfg: RetrofitConfig) -> str:
 
 
 def retrofit(cfg: RetrofitConfig) -> RetrofitResult:
+    """Add early exits to a trained ONNX classifier and write a served model directory.
+
+    Finds the cuts, computes the backbone's features at each cut once in ONNX Runtime, trains an
+    exit head per cut in torch (the backbone never changes), and hands the stage graphs to
+    export's checked sequence: the chained stages must reproduce the original output, then
+    calibration, manifest and `agreement.json` as for a trained model.
+
+    Args:
+        cfg: The classifier, data, cuts, head training and export options
+            (`elf-export retrofit`'s flags).
+
+    Returns:
+        The model directory, its manifest, the cuts and the time of each phase.
+
+    Raises:
+        RetrofitError: The model is not a classifier, a cut does not separate the graph, or the
+            data's classes do not match the model's outputs.
+    """
     _check_config(cfg)
     ex = cfg.export
     seconds: dict[str, float] = {}

@@ -139,7 +139,23 @@ class Batcher:
     async def infer(
         self, xs: Sequence[np.ndarray], thresholds: Sequence[np.ndarray], timeout_s: float
     ) -> list[RowResult]:
-        """Answers in the order of `xs`; TimeoutError after timeout_s (the rows are dropped)."""
+        """Run images through the stages, each leaving at its first exit that reaches its threshold.
+
+        Awaitable from the event loop; the stages run on the batcher's worker thread, batched with
+        the rows of other requests.
+
+        Args:
+            xs: One preprocessed image per row, shaped as stage 0's input without the batch axis.
+            thresholds: One threshold vector per row (one value per exit, the last 0).
+            timeout_s: Longest wait for every row's answer.
+
+        Returns:
+            One result per row, in the order of `xs`: probabilities, exit index, queue and compute
+            seconds.
+
+        Raises:
+            TimeoutError: After `timeout_s`; the request's rows are dropped.
+        """
         now = time.perf_counter()
         if not xs:
             return []
