@@ -41,6 +41,7 @@ _FLAGS = {
     "intra_op_threads": "ONNX Runtime threads per session (0 = CPUs / workers)",
     "state_dir": "directory of state shared by workers and kept across restarts",
     "http_server": "uvicorn | granian (the HTTP server in front of the app)",
+    "grpc_port": "gRPC port of the Open Inference Protocol (0 or off: no gRPC)",
 }
 
 
@@ -111,6 +112,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         value = getattr(args, field)
         if value is not None:
             os.environ[f"ELF_{field.upper()}"] = str(value)
+    # gRPC listens where HTTP does unless told otherwise (server/grpc/server.py).
+    os.environ.setdefault("ELF_GRPC_HOST", args.host)
     debug = os.environ.get("ELF_LOG_LEVEL", "").lower() == "debug"
     try:
         settings = Settings()
