@@ -24,6 +24,7 @@ from elf_core.manifest import ManifestError
 from server.engine.providers import EngineError, requested_providers
 from server.frontend import FrontendError, Listen, serve
 from server.frontend import check as check_frontend
+from server.grpc.port import GrpcPortError, check_grpc_port
 from server.metrics import MULTIPROC_ENV, prepare_multiprocess
 from server.registry import find_manifests
 from server.settings import Settings, unknown_variables
@@ -97,6 +98,7 @@ def check(settings: Settings) -> None:
     check_frontend(settings.http_server)
     requested_providers(settings)
     find_manifests(settings)
+    check_grpc_port(settings)
 
 
 def _fail(message: str, debug: bool) -> NoReturn:
@@ -123,7 +125,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     except ManifestError as exc:
         fix = "point --model-dir (ELF_MODEL_DIR) at a directory that elf-export wrote"
         _fail(f"{manifest_message(exc)}; {fix}", debug)
-    except (EngineError, FrontendError) as exc:
+    except (EngineError, FrontendError, GrpcPortError) as exc:
         _fail(str(exc), debug)
     return settings
 

@@ -43,8 +43,8 @@ async def start_grpc(state: AppState, requests: RequestMonitor | None) -> grpc.a
         server.add_insecure_port(address)
     except RuntimeError as exc:
         raise GrpcStartError(
-            f"cannot listen for gRPC on {address} ({exc}): is the port in use? choose another "
-            "with --grpc-port (ELF_GRPC_PORT), or 0 to turn gRPC off"
+            f"cannot listen for gRPC on {address} ({exc}); choose another port with "
+            "--grpc-port (ELF_GRPC_PORT), or 0 to turn gRPC off"
         ) from None
     await server.start()
     log.info("gRPC (Open Inference Protocol) on %s", address)

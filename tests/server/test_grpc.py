@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,7 +28,15 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.server.live import GATED_SERVE, REPO, LiveServer, ServerEvents, live_command
+from tests.server.live import (
+    GATED_SERVE,
+    REPO,
+    LiveServer,
+    ServerEvents,
+    elf_serve,
+    free_port,
+    live_command,
+)
 from tests.server.test_kserve_client import OUTPUTS, _v1
 from tests.server.tiny_model import normalise
 
@@ -307,3 +317,20 @@ async def _refused_after_stop(target: str, pixels: np.ndarray) -> Exception:
                 raise AssertionError("an infer was answered after the server refused") from None
         await asyncio.sleep(0.05)
     raise AssertionError("the gRPC server still accepted calls 20 s after SIGTERM")
+
+
+def test_grpc_port_in_use_is_one_line_before_the_models_load() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("ELF_")}
+        cmd = [elf_serve(), "--port", str(free_port()), "--grpc-port", str(port)]
+        proc = subprocess.run(
+            cmd, env=environ, cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"elf-serve: error: cannot listen for gRPC on 127.0.0.1:{port} (Address already in use); "
+        "choose another port with --grpc-port (ELF_GRPC_PORT), or 0 to turn gRPC off"
+    ]
