@@ -141,7 +141,8 @@ def running(spec: ServerSpec, log_dir: Path, ready_timeout_s: float) -> Iterator
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{spec.name}-{port}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ELF_")} | spec.env
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ELF_")}
+    env |= {"ELF_GRPC_PORT": "0"} | spec.env  # elf-serve's gRPC off unless a spec asks for it
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
             [*spec.argv, "--port", str(port)],

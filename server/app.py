@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import swagger_ui_bundle
 from fastapi import FastAPI, Response
@@ -53,12 +54,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             follow_overrides(state.store, state.registry, state.metrics)
         for model in state.registry.models.values():
             start_controller(model, settings, state.metrics, requests)
+        grpc_server = await _start_grpc(state, requests)
         state.ready = True
         try:
             yield
         finally:
             # uvicorn has already let in-flight requests finish; answer whatever is still queued.
             state.ready = False
+            if grpc_server is not None:  # no new calls; those in flight finish first
+                await grpc_server.stop(settings.request_timeout_s)
             if state.store is not None:
                 state.store.stop()
             await run_in_threadpool(state.models.stop, settings.request_timeout_s)
@@ -93,6 +97,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last, so outermost: it times and counts every response.
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     return app
+
+
+async def _start_grpc(state: AppState, requests: RequestMonitor | None) -> Any:
+    """The gRPC server (server/grpc/) on ELF_GRPC_PORT, or None when it is 0 (grpc is then
+    never imported)."""
+    if state.settings.grpc_port == 0:
+        return None
+    from server.grpc.server import start_grpc  # noqa: PLC0415
+
+    return await start_grpc(state, requests)
 
 
 def app_from_env() -> FastAPI:

@@ -24,6 +24,7 @@ from elf_core.manifest import ManifestError
 from server.engine.providers import EngineError, requested_providers
 from server.frontend import FrontendError, Listen, serve
 from server.frontend import check as check_frontend
+from server.grpc.port import GrpcPortError, check_grpc_port
 from server.metrics import MULTIPROC_ENV, prepare_multiprocess
 from server.registry import find_manifests
 from server.settings import Settings, unknown_variables
@@ -41,6 +42,7 @@ _FLAGS = {
     "intra_op_threads": "ONNX Runtime threads per session (0 = CPUs / workers)",
     "state_dir": "directory of state shared by workers and kept across restarts",
     "http_server": "uvicorn | granian (the HTTP server in front of the app)",
+    "grpc_port": "gRPC port of the Open Inference Protocol (0 or off: no gRPC)",
 }
 
 
@@ -101,6 +103,7 @@ def check(settings: Settings) -> None:
     check_frontend(settings.http_server)
     requested_providers(settings)
     find_manifests(settings)
+    check_grpc_port(settings)
 
 
 def _fail(message: str, debug: bool) -> NoReturn:
@@ -116,6 +119,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         value = getattr(args, field)
         if value is not None:
             os.environ[f"ELF_{field.upper()}"] = str(value)
+    # gRPC listens where HTTP does unless told otherwise (server/grpc/server.py).
+    os.environ.setdefault("ELF_GRPC_HOST", args.host)
     debug = os.environ.get("ELF_LOG_LEVEL", "").lower() == "debug"
     try:
         settings = Settings()
@@ -125,7 +130,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     except ManifestError as exc:
         fix = "point --model-dir (ELF_MODEL_DIR) at a directory that elf-export wrote"
         _fail(f"{manifest_message(exc)}; {fix}", debug)
-    except (EngineError, FrontendError) as exc:
+    except (EngineError, FrontendError, GrpcPortError) as exc:
         _fail(str(exc), debug)
     return settings
 

@@ -94,10 +94,12 @@ class Metrics:
         r = self.registry
         # (metric id, label values) -> child: labels() takes a lock and builds keys every call.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # protocol: http (route: the path template, status: the HTTP status) or grpc (route:
+        # /inference.GRPCInferenceService/<method>, status: the gRPC status code's name).
         self.requests = Counter(
             "elf_requests",
-            "HTTP requests by route template and status",
-            ["route", "status"],
+            "Requests by route and status, per protocol (http, grpc)",
+            ["route", "status", "protocol"],
             registry=r,
         )
         self.images = Counter("elf_images", "Images answered", ["model"], registry=r)
@@ -118,8 +120,8 @@ class Metrics:
         )
         self.request_duration = Histogram(
             "elf_request_duration_seconds",
-            "HTTP request duration",
-            ["route"],
+            "Request duration, per protocol (http, grpc)",
+            ["route", "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

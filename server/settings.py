@@ -6,13 +6,21 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PositiveInt = Annotated[int, Field(gt=0)]
 
 
 HttpServer = Literal["uvicorn", "granian"]
+
+
+def _off_is_zero(value: object) -> object:
+    return 0 if isinstance(value, str) and value.strip().lower() == "off" else value
+
+
+# A TCP port to listen on; 0 (or "off") = do not listen.
+OptionalPort = Annotated[int, BeforeValidator(_off_is_zero), Field(ge=0, le=65535)]
 
 
 class Settings(BaseSettings):
@@ -102,6 +110,11 @@ class Settings(BaseSettings):
     # The controller's floor: validation balanced accuracy (0..1) of the cheapest point it may
     # use; unset = the calibrated point's minus 0.01.
     min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+
+    # The Open Inference Protocol over gRPC (server/grpc/): its port, next to HTTP's; 0 = off.
+    grpc_port: OptionalPort = 8001
+    # Where gRPC listens; elf-serve sets it to its --host unless ELF_GRPC_HOST is set.
+    grpc_host: str = "127.0.0.1"
 
     # Worker processes, each with its own models and batcher (ELF_STATE_DIR shares thresholds).
     workers: PositiveInt = 1

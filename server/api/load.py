@@ -35,6 +35,14 @@ class RouteLabel:
     path: str
 
 
+def overloaded_message(limit: int | None) -> str:
+    """The refusal beyond the admission limit (HTTP 503 here, gRPC UNAVAILABLE in server/grpc)."""
+    return (
+        f"overloaded: {limit} requests in flight, the most admitted while "
+        "the service sheds load at its cheapest operating point (ELF_LATENCY_TARGET_MS)"
+    )
+
+
 def _compiled() -> list[tuple[re.Pattern[str], RouteLabel]]:
     return [(compile_path(t)[0], RouteLabel(t)) for t in INFERENCE_ROUTES]
 
@@ -76,9 +84,6 @@ class AdmissionMiddleware:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.metrics.child(self.metrics.rejected, "overloaded").inc()
-        message = (
-            f"overloaded: {self.requests.limit} requests in flight, the most admitted while "
-            "the service sheds load at its cheapest operating point (ELF_LATENCY_TARGET_MS)"
-        )
+        message = overloaded_message(self.requests.limit)
         response = error_response(503, message, {"Retry-After": self.retry_after})
         await response(scope, receive, send)

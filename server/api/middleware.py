@@ -70,8 +70,8 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             m, route = self.metrics, route_template(scope)
-            m.child(m.requests, route, str(status)).inc()
-            m.child(m.request_duration, route).observe(time.perf_counter() - start)
+            m.child(m.requests, route, str(status), "http").inc()
+            m.child(m.request_duration, route, "http").observe(time.perf_counter() - start)
 
 
 class BodyLimitMiddleware:

@@ -96,7 +96,8 @@ def bytes_elements(raw: bytes, name: str) -> list[bytes]:
     return out
 
 
-def _serialise(datatype: str, data: list[Any]) -> bytes:
+def tensor_bytes(datatype: str, data: list[Any]) -> bytes:
+    """A tensor's data in binary form (also gRPC's raw_output_contents)."""
     if datatype == "BYTES":
         items = [d if isinstance(d, bytes) else str(d).encode() for d in data]
         return b"".join(struct.pack("<I", len(d)) + d for d in items)
@@ -112,7 +113,7 @@ def infer_response(resp: InferenceResponse, binary: set[str]) -> Response:
         if out.name not in binary or out.data is None:
             outputs.append(out)
             continue
-        blobs.append(_serialise(out.datatype, out.data))
+        blobs.append(tensor_bytes(out.datatype, out.data))
         params = {**(out.parameters or {}), "binary_data_size": len(blobs[-1])}
         outputs.append(out.model_copy(update={"data": None, "parameters": params}))
     header = resp.model_copy(update={"outputs": outputs}).model_dump_json(exclude_none=True)

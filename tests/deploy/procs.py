@@ -83,6 +83,7 @@ def serve(model_dir: Path, port: int, log: Path) -> Running:
         ELF_MAX_BATCH_SIZE="8",
         ELF_AUDIT_RATE="1.0",  # every early answer audited: the dashboard's audit panels fill
         ELF_LATENCY_TARGET_MS="1000",  # the load controller on (idle at this load): its panels
+        ELF_GRPC_PORT="0",  # HTTP only: no fixed gRPC port shared by concurrent servers
     )
     argv = [executable("elf-serve"), "--host", "127.0.0.1", "--port", str(port)]
     ready = http_ok(f"http://127.0.0.1:{port}/v2/health/ready")

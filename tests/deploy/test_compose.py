@@ -77,7 +77,7 @@ def test_server_can_scale(config: dict[str, Any], name: str) -> None:
     svc = config["services"][name]
     assert "container_name" not in svc
     assert "ports" not in svc  # a fixed host port would collide with --scale
-    assert svc["expose"] == ["8000"]
+    assert svc["expose"] == ["8000", "8001"]  # HTTP, gRPC
     assert ALIAS in svc["networks"]["default"]["aliases"]
     assert svc["environment"]["ELF_MODEL_DIR"] == "/models/fashion-mnist-lt"
     assert svc["volumes"] == [f"{REPO / 'models'}:/models:ro"]
@@ -109,11 +109,12 @@ def test_one_variable_picks_the_model() -> None:
 
 def test_published_ports_and_bind_address() -> None:
     default = compose_config()["services"]
-    assert default["nginx"]["ports"] == ["127.0.0.1:8080:8080/tcp"]
+    assert default["nginx"]["ports"] == ["127.0.0.1:8080:8080/tcp", "127.0.0.1:8081:8081/tcp"]
     assert default["prometheus"]["ports"] == ["127.0.0.1:9090:9090/tcp"]
     assert default["grafana"]["ports"] == ["127.0.0.1:3000:3000/tcp"]
-    moved = compose_config(env={"ELF_BIND_ADDRESS": "0.0.0.0", "ELF_HTTP_PORT": "80"})
-    assert moved["services"]["nginx"]["ports"] == ["0.0.0.0:80:8080/tcp"]
+    env = {"ELF_BIND_ADDRESS": "0.0.0.0", "ELF_HTTP_PORT": "80", "ELF_GRPC_PUBLISHED_PORT": "81"}
+    moved = compose_config(env=env)
+    assert moved["services"]["nginx"]["ports"] == ["0.0.0.0:80:8080/tcp", "0.0.0.0:81:8081/tcp"]
 
 
 def test_bind_mounts_exist_in_repo(config: dict[str, Any]) -> None:

@@ -145,7 +145,7 @@ def test_healthcheck_asks_readiness_and_cmd_serves_on_8000(name: str) -> None:
     assert argv[argv.index("--port") + 1] == "8000"
     assert argv[argv.index("--host") + 1] == "0.0.0.0"
     exposed = [i.args for i in stage.instructions if i.keyword == "EXPOSE"]
-    assert exposed == ["8000"]
+    assert exposed == ["8000 8001"]  # HTTP, gRPC
 
 
 def _env(df: Dockerfile) -> dict[str, str]:

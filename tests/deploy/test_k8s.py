@@ -123,7 +123,10 @@ def _check_server_container(container: dict[str, Any], routes: GetRoutes, pod: d
     argv = [*container["command"], *container["args"]]
     assert argv[0] == "elf-serve"
     flags = parse_args(argv[1:])
-    assert [int(p["containerPort"]) for p in container["ports"]] == [flags.port]
+    # HTTP first, then gRPC (the Open Inference Protocol's GRPCInferenceService, cleartext HTTP/2).
+    grpc_port = int(flags.grpc_port or Settings.model_fields["grpc_port"].default)
+    assert [int(p["containerPort"]) for p in container["ports"]] == [flags.port, grpc_port]
+    assert container["ports"][1]["name"] in ("grpc", "h2c")  # h2c: KServe's name for gRPC
     assert flags.host == "0.0.0.0"
     probes = {k: container[k] for k in ("readinessProbe", "livenessProbe")}
     assert probes["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"

@@ -29,10 +29,14 @@ def _replace_once(text: str, old: str, new: str) -> str:
     return text.replace(old, new)
 
 
-def adapted_config(directory: Path, backend: str, port: int) -> Path:
+def adapted_config(
+    directory: Path, backend: str, port: int, grpc_backend: str = "127.0.0.1:9", grpc_port: int = 0
+) -> Path:
     text = CONF.read_text()
     text = _replace_once(text, "http://elf-server:8000;", f"http://{backend};")
     text = _replace_once(text, "listen 8080;", f"listen 127.0.0.1:{port};")
+    text = _replace_once(text, "grpc://elf-server:8001;", f"grpc://{grpc_backend};")
+    text = _replace_once(text, "listen 8081 http2;", f"listen 127.0.0.1:{grpc_port} http2;")
     temp = "\n".join(
         f"    {kind}_temp_path {directory / kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -53,14 +57,15 @@ def test_nginx_accepts_the_config(tmp_path: Path) -> None:
 
 def _classify_count(server: LiveServer) -> float:
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    m = re.search(r'^elf_requests_total\{route="/v1/classify",status="200"\} (\S+)$', text, re.M)
+    labels = r'protocol="http",route="/v1/classify",status="200"'
+    m = re.search(r"^elf_requests_total\{" + labels + r"\} (\S+)$", text, re.M)
     return float(m.group(1)) if m else 0.0
 
 
 @pytest.mark.integration
 def test_nginx_proxies_to_the_server(live_server: LiveServer, tmp_path: Path) -> None:
     port = free_port()
-    config = adapted_config(tmp_path, f"127.0.0.1:{live_server.port}", port)
+    config = adapted_config(tmp_path, f"127.0.0.1:{live_server.port}", port, grpc_port=free_port())
     base = f"http://127.0.0.1:{port}"
     pngs = [png_bytes(p) for p in fixture_pixels(3)]
     with procs.nginx(config, tmp_path, port, tmp_path / "nginx.log"), httpx.Client(timeout=30) as c:

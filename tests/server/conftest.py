@@ -48,6 +48,7 @@ def make_settings(model_dir: Path, **overrides: object) -> Settings:
         "intra_op_threads": 1,
         "admin_token": ADMIN_TOKEN,
         "request_timeout_s": 10.0,
+        "grpc_port": 0,  # in-process apps: no gRPC listener (tests/server/test_grpc.py runs one)
     }
     values.update(overrides)
     return Settings.model_validate(values)

@@ -31,6 +31,7 @@ class LiveServer:
     url: str
     proc: subprocess.Popen[bytes]
     log: Path
+    grpc_target: str | None = None  # host:port of its gRPC listener; None when off
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -60,14 +61,18 @@ def live_server(
 def live_command(
     command: list[str], model_dir: Path, log: Path, /, **env: str
 ) -> Iterator[LiveServer]:
-    """`command` (elf-serve or a wrapper of it) with --host and --port, from the repo root."""
+    """`command` (elf-serve or a wrapper of it) with --host and --port, from the repo root; gRPC
+    on a free port of its own unless ELF_GRPC_PORT is given."""
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("ELF_")}
+    grpc_port = env.get("ELF_GRPC_PORT") or str(free_port())
     environ |= {"ELF_MODEL_DIR": str(model_dir), "ELF_PROVIDERS": "cpu", **env}
+    environ["ELF_GRPC_PORT"] = grpc_port
     cmd = [*command, "--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=environ, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    server = LiveServer(f"http://127.0.0.1:{port}", proc, log)
+    grpc_target = None if grpc_port in ("0", "off") else f"127.0.0.1:{grpc_port}"
+    server = LiveServer(f"http://127.0.0.1:{port}", proc, log, grpc_target)
     try:
         deadline = time.monotonic() + 60
         while True:

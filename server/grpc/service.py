@@ -1,0 +1,121 @@
+"""`inference.GRPCInferenceService` on the app's state: the health, metadata and infer calls
+of the Open Inference Protocol (KServe v2), answered by the same data plane as HTTP
+(server/open_inference.py). Calls not implemented here answer UNIMPLEMENTED."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from server import open_inference as oip
+from server.api.errors import ApiError
+from server.api.load import overloaded_message
+from server.grpc import wire
+from server.grpc.errors import Refusal, refusal
+from server.grpc.proto import grpc_service_pb2 as pb
+from server.grpc.proto import grpc_service_pb2_grpc as pb_grpc
+from server.inflight import RequestMonitor
+from server.state import AppState
+
+SERVICE = "/inference.GRPCInferenceService/"
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Count and time the call (elf_requests_total{protocol="grpc"}) and turn a failure into
+    the status code and message HTTP would give it (server/grpc/errors.py)."""
+    route = SERVICE + handler.__name__
+
+    @functools.wraps(handler)
+    async def wrapper(self: InferenceServicer, request: Req, ctx: grpc.aio.ServicerContext) -> Resp:
+        start, code = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            return await handler(self, request, ctx)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED  # the client went away or the server stops
+            raise
+        except Exception as exc:
+            refused = refusal(exc)
+            code = refused.code
+            await self.abort(ctx, refused)
+            raise  # not reached: abort raises
+        finally:
+            m = self.state.metrics
+            m.child(m.requests, route, code.name, "grpc").inc()
+            m.child(m.request_duration, route, "grpc").observe(time.perf_counter() - start)
+
+    return wrapper
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, state: AppState, requests: RequestMonitor | None) -> None:
+        self.state = state
+        self.requests = requests  # the load controller's admission (ELF_LATENCY_TARGET_MS)
+
+    async def abort(self, ctx: grpc.aio.ServicerContext, refused: Refusal) -> None:
+        if refused.reason:
+            self.state.metrics.child(self.state.metrics.rejected, refused.reason).inc()
+        trailer: tuple[tuple[str, str], ...] = ()
+        if refused.status == 503:
+            trailer = (("retry-after", str(self.state.settings.retry_after_s)),)
+        await ctx.abort(refused.code, refused.message, trailing_metadata=trailer)
+
+    @rpc
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, ctx: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @rpc
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, ctx: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.state.ready)
+
+    @rpc
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, ctx: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        oip.served_model(self.state, request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=self.state.ready)
+
+    @rpc
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, ctx: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name=oip.SERVER_NAME, version=oip.server_version(), extensions=oip.EXTENSIONS
+        )
+
+    @rpc
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, ctx: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        model = oip.served_model(self.state, request.name, request.version or None)
+        return wire.metadata_response(oip.model_metadata(model))
+
+    @rpc
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, ctx: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        token = None
+        if self.requests is not None:
+            token = self.requests.admit()
+            if token is None:
+                raise ApiError(503, overloaded_message(self.requests.limit), "overloaded")
+        try:
+            start = time.perf_counter()
+            model = oip.served_model(self.state, request.model_name, request.model_version or None)
+            req, tail = wire.infer_request(request)
+            response, _ = await oip.infer(self.state, model, req, tail, start)
+            return wire.infer_response(response)
+        finally:
+            if token is not None and self.requests is not None:
+                self.requests.done(token)
