@@ -1,6 +1,6 @@
 """Reduced-precision variants of a model directory's stage graphs, cached on disk for the benches.
 
-VARIANTS: fp32 (the directory's own graphs), and model_export.quantize's builders (fp16, int8,
+VARIANTS: fp32 (the directory's own graphs), and model_export.quantize.stages' builders (fp16, int8,
 int8-u8, int8-dyn; described there, shared with `elf-export quantize`). Every variant keeps the
 stage graph's float32 interface, so the server's runner could chain it unchanged.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from model_export.quantize import BUILDERS, stage_inputs
+from model_export.quantize.stages import BUILDERS, stage_inputs
 
 log = logging.getLogger("bench.stage_variants")
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from elf_core.calibration import CalibrationError
 from elf_core.manifest import MODEL_NAME_PATTERN, ManifestError
 from model_export.export import DEFAULT_TOLERANCE, ExportConfig, export_checkpoint
-from model_export.quantize_cli import quantize_config, quantize_parser, quantize_summary
-from model_export.quantize_run import QuantizeError, quantize_model
+from model_export.quantize.cli import quantize_config, quantize_parser, quantize_summary
+from model_export.quantize.pipeline import QuantizeError, quantize_model
 from model_export.recalibrate import recalibrate
 from model_export.report import summary_table
 from model_export.retrofit.cli import retrofit_config, retrofit_parser

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bench.stage_precision_report import markdown, merge_result, mix_cost, verdicts
 from bench.stage_variants import build_variant
-from model_export.quantize import ArrayReader, stage_inputs
+from model_export.quantize.stages import ArrayReader, stage_inputs
 from model_export.runtime import StageChain
 
 

@@ -1,4 +1,4 @@
-"""elf-export quantize: parser and summary (model_export/cli.py runs it).
+"""`elf-export quantize`: parser and summary (model_export/cli.py runs it).
 
 elf-export quantize --model-dir models/NAME --out models/NAME-int8 [--precision int8-u8|int8]
     [--calibration-images 256] [--min-agreement 0.95] [--tolerance T]
@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from elf_core.manifest import CalibrationPoint
-from model_export.quantize import PRECISIONS
-from model_export.quantize_run import MIN_AGREEMENT, QuantizeConfig, QuantizeResult
+from model_export.quantize.pipeline import MIN_AGREEMENT, QuantizeConfig, QuantizeResult
+from model_export.quantize.stages import PRECISIONS
 from training.cli_errors import OneLineParser, add_log_level, positive_int
 
 
