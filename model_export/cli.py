@@ -30,20 +30,17 @@ from model_export.retrofit.cuts import RetrofitError
 from model_export.retrofit.pipeline import retrofit
 from model_export.verify import VerificationError
 from training.checkpoint import CheckpointError
-from training.cli_errors import OneLineParser, add_log_level, positive_int, run_reporting_errors
+from training.cli_errors import (
+    OneLineParser,
+    add_log_level,
+    fraction,
+    positive_int,
+    run_reporting_errors,
+)
 from training.data import DatasetError
 
 # Libraries that log every optimisation pass at INFO.
 _QUIET = ("onnx_ir", "onnxscript", "torch.onnx", "torch._dynamo", "torch.export")
-
-
-def _tolerance(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(
-            f"must be in [0, 1] (a fraction: 0.005 = 0.5 points), got {text}"
-        )
-    return value
 
 
 def _classes(text: str) -> tuple[int, ...]:
@@ -67,14 +64,14 @@ def _name(text: str) -> str:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tolerance",
-        type=_tolerance,
+        type=fraction,
         default=DEFAULT_TOLERANCE,
         help="balanced accuracy the chosen point may lose against the best point (default "
         f"{DEFAULT_TOLERANCE})",
     )
     p.add_argument(
         "--tail-tolerance",
-        type=_tolerance,
+        type=fraction,
         help="tail protection: the chosen point must also keep the tail third's (or the "
         "--protect-classes') validation accuracy within this of their best (e.g. 0.01)",
     )
@@ -91,10 +88,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     add_log_level(p)
-    p.add_argument(
-        "-v", "--verbose", action="store_const", const="debug", dest="log_level",
-        help="the same as --log-level debug",
-    )  # fmt: skip
 
 
 def export_parser() -> argparse.ArgumentParser:
@@ -166,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         a = _checked(parser, parser.parse_args(args_list[1:]))
         work = functools.partial(_calibrate, a)
     elif args_list[:1] == ["quantize"]:
-        parser = quantize_parser(_tolerance, _name)
+        parser = quantize_parser(fraction, _name)
         a = parser.parse_args(args_list[1:])
         work = functools.partial(_quantize, a, args_list)
     elif args_list[:1] == ["retrofit"]:

@@ -47,6 +47,13 @@ def test_invocation_is_the_shell_quoted_command_line(monkeypatch: pytest.MonkeyP
     assert cli.config_from_args(args, "elf-train --out r").command == "elf-train --out r"
 
 
+def test_tolerance_is_the_calibration_tolerance() -> None:
+    """The same flag as elf-export's for the same rule (the calibrated point's tolerance)."""
+    args = cli.build_parser().parse_args(["--out", "r", "--tolerance", "0.02"])
+    assert cli.config_from_args(args, "elf-train").calibration_tolerance == 0.02
+    assert "--calibration-tolerance" not in cli.build_parser().format_help()
+
+
 @pytest.mark.integration
 def test_one_epoch_writes_every_output(image_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
