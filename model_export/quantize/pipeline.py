@@ -52,7 +52,7 @@ from training.data import DataSplits
 log = logging.getLogger(__name__)
 
 # Default floor on final-exit agreement with the float32 source (fraction of validation images).
-# The bundled model's int8-u8 stages agree on ~98% (bench/results/stage_precision.md).
+# How far the bundled model's int8-u8 stages agree: bench/results/stage_precision.md.
 MIN_AGREEMENT = 0.95
 
 
