@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import re
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from elf_core.calibration import CalibrationError
-from elf_core.manifest import MODEL_NAME_PATTERN, ManifestError
+from elf_core.manifest import ManifestError
 from model_export.export import DEFAULT_TOLERANCE, ExportConfig, export_checkpoint
 from model_export.quantize.cli import quantize_config, quantize_parser, quantize_summary
 from model_export.quantize.pipeline import QuantizeError, quantize_model
@@ -34,6 +33,7 @@ from training.cli_errors import (
     OneLineParser,
     add_log_level,
     fraction,
+    model_name,
     positive_int,
     run_reporting_errors,
 )
@@ -53,12 +53,6 @@ def _classes(text: str) -> tuple[int, ...]:
     if not values or min(values) < 0:
         raise argparse.ArgumentTypeError(f"class indices must be >= 0, got {text!r}")
     return values
-
-
-def _name(text: str) -> str:
-    if not re.fullmatch(MODEL_NAME_PATTERN, text):
-        raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '.', '_', '-' only")
-    return text
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -100,7 +94,9 @@ def export_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pt)")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
-    p.add_argument("--name", type=_name, help="model name (default: the --out directory's name)")
+    p.add_argument(
+        "--name", type=model_name, help="model name (default: the --out directory's name)"
+    )
     p.add_argument("--version", default="1", help="model version string (default 1)")
     _common(p)
     return p
@@ -159,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         a = _checked(parser, parser.parse_args(args_list[1:]))
         work = functools.partial(_calibrate, a)
     elif args_list[:1] == ["quantize"]:
-        parser = quantize_parser(fraction, _name)
+        parser = quantize_parser()
         a = parser.parse_args(args_list[1:])
         work = functools.partial(_quantize, a, args_list)
     elif args_list[:1] == ["retrofit"]:

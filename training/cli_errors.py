@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
+
+from elf_core.manifest import MODEL_NAME_PATTERN
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -43,6 +46,13 @@ def fraction(text: str) -> float:
             f"must be in [0, 1] (a fraction: 0.005 = 0.5 points), got {text}"
         )
     return value
+
+
+def model_name(text: str) -> str:
+    """--name of a model directory: what the server serves it as."""
+    if not re.fullmatch(MODEL_NAME_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '.', '_', '-' only")
+    return text
 
 
 def renamed(parser: argparse._ActionsContainer, old: str, new: str) -> None:

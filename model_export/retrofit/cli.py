@@ -13,7 +13,7 @@ from pathlib import Path
 from model_export.export import ExportConfig
 from model_export.retrofit.heads import HeadConfig
 from model_export.retrofit.pipeline import RetrofitConfig
-from training.cli_errors import OneLineParser, renamed
+from training.cli_errors import OneLineParser, model_name, renamed
 from training.data import DataConfig
 from training.data.config import DATASETS
 
@@ -78,7 +78,8 @@ def retrofit_parser(common: object) -> argparse.ArgumentParser:
     )
     p.add_argument("--onnx", type=Path, required=True, help="the classifier (.onnx)")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
-    p.add_argument("--name", help="model name (default: the --out directory's name)")
+    p.add_argument("--name", type=model_name,
+                   help="model name (default: the --out directory's name)")  # fmt: skip
     p.add_argument("--version", default="1")
     _data_group(p)
     _preprocessing_group(p)

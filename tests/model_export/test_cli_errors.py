@@ -16,7 +16,6 @@ from tests.cli_errors import assert_one_line_error, run_cli
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "models" / "fashion-mnist-lt"
 EXPORT, CALIBRATE = "elf-export", "elf-export calibrate"
-RETROFIT = "elf-export retrofit"
 
 
 def _edit_manifest(change: Callable[[dict], None]) -> Callable[[Path], None]:
@@ -98,10 +97,6 @@ def test_calibrate_model_dir_faults(tmp_path: Path, fault: str) -> None:
         (["--out", "m"], EXPORT, "the following arguments are required: --checkpoint"),
         (["--checkpoint", "c.pt", "--out", "m", "--name", "a b"], EXPORT, "argument --name"),
         (["--checkpoint", "c.pt", "--out", "m", "--log-level", "x"], EXPORT, "invalid choice"),
-        # One flag name per concept: retrofit's input size is elf-train's --image-size, and
-        # --log-level debug is the one spelling of verbose in every command.
-        (["retrofit", "--onnx", "m.onnx", "--size", "224"], RETROFIT, "--size is now --image-size"),
-        (["calibrate", "--model-dir", "m", "-v"], CALIBRATE, "unrecognized arguments: -v"),
     ],
 )
 def test_bad_arguments(tmp_path: Path, args: list[str], prog: str, fragment: str) -> None:
