@@ -48,7 +48,7 @@ def _make(*args: str, path: str | None = None) -> list[str]:
 
 def _make_dry_run(*variables: str, path: str | None = None) -> list[str]:
     """`make -n dev`'s lines, every step included, with the given variables (and PATH)."""
-    return _make("-B", "dev", "VENV=/nonexistent/venv", *variables, path=path)
+    return _make("-B", "dev", "VENV=/nonexistent/venv", "PYTHON=python3", *variables, path=path)
 
 
 def _torch_line(lines: list[str]) -> list[str]:
