@@ -172,6 +172,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
         "(validation split), as elf-export's --tolerance",
         type=fraction,
         dest="calibration_tolerance",
+        metavar="TOLERANCE",
     )
     renamed(g, "--calibration-tolerance", "--tolerance")
     add_log_level(g)
