@@ -1,5 +1,6 @@
 # Two commands matter: `make test` and `make serve`. Both set themselves up from nothing
-# (`make test` also installs the Debian packages its tests need: `make system`).
+# (`make test` also installs the Debian packages its tests need: `make system`). `make dev`, the
+# venv to train and export in, needs only a Python with venv: no root, no Debian packages.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -17,15 +18,34 @@ PORT ?= 8000
 system:
 	@sh scripts/setup-system.sh
 
+# torch's CPU build. PyPI's plain torch==2.13.0 for Linux x86_64 is the CUDA build (several GB of
+# nvidia-* wheels); PyTorch's CPU index names the CPU build 2.13.0+cpu, and a pin with the local
+# version can only be met by that wheel: where the index is out of reach and no local copy is
+# offered (pip's find-links), the install fails instead of falling back to CUDA. macOS has no CUDA
+# build, and its wheels (PyPI's and the CPU index's) carry no local version, hence the plain pin.
+# Another build: make dev TORCH_VARIANT=cu128 TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+TORCH_VERSION ?= 2.13.0
+TORCH_VARIANT ?= cpu
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+ifeq ($(shell uname -s),Darwin)
+TORCH_PIN ?= torch==$(TORCH_VERSION)
+else
+TORCH_PIN ?= torch==$(TORCH_VERSION)+$(TORCH_VARIANT)
+endif
+# Only torch comes from that index (--no-deps: its dependencies come from PyPI with the project's),
+# and an index out of reach costs one quick retry, not pip's five with back-off.
+TORCH_INSTALL = -m pip install -q --no-deps --retries 1 --timeout 15 \
+	--extra-index-url $(TORCH_INDEX_URL) "$(TORCH_PIN)"
+
 # Development venv: torch (CPU build) first, so nothing pulls a CUDA build, then the project.
-$(VENV)/.installed: pyproject.toml | system
-	$(PYTHON) -m venv $(VENV)
+$(VENV)/.installed: pyproject.toml
+	@sh scripts/make-venv.sh $(PYTHON) $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) $(TORCH_INSTALL)
 	$(PY) -m pip install -q -e ".[train,cpu,dev]"
 	touch $@
 
-dev: system $(VENV)/.installed
+dev: $(VENV)/.installed
 
 lint: dev
 	$(VENV)/bin/ruff check .
@@ -35,14 +55,15 @@ lint: dev
 typecheck: dev
 	$(VENV)/bin/mypy
 
-pytest: dev
+# The tests need the Debian packages (make runs prerequisites left to right: system first).
+pytest: system dev
 	$(VENV)/bin/pytest -q
 
-test: lint typecheck pytest
+test: system lint typecheck pytest
 
 # Serving venv: no torch, no onnx; only the server and ONNX Runtime (CPU).
 $(SERVE_VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(SERVE_VENV)
+	@sh scripts/make-venv.sh $(PYTHON) $(SERVE_VENV)
 	$(SERVE_PY) -m pip install -q --upgrade pip
 	$(SERVE_PY) -m pip install -q -e ".[cpu]"
 	touch $@

@@ -12,17 +12,16 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import re
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from elf_core.calibration import CalibrationError
-from elf_core.manifest import MODEL_NAME_PATTERN, ManifestError
+from elf_core.manifest import ManifestError
 from model_export.export import DEFAULT_TOLERANCE, ExportConfig, export_checkpoint
-from model_export.quantize_cli import quantize_config, quantize_parser, quantize_summary
-from model_export.quantize_run import QuantizeError, quantize_model
+from model_export.quantize.cli import quantize_config, quantize_parser, quantize_summary
+from model_export.quantize.pipeline import QuantizeError, quantize_model
 from model_export.recalibrate import recalibrate
 from model_export.report import summary_table
 from model_export.retrofit.cli import retrofit_config, retrofit_parser
@@ -30,20 +29,18 @@ from model_export.retrofit.cuts import RetrofitError
 from model_export.retrofit.pipeline import retrofit
 from model_export.verify import VerificationError
 from training.checkpoint import CheckpointError
-from training.cli_errors import OneLineParser, add_log_level, positive_int, run_reporting_errors
+from training.cli_errors import (
+    OneLineParser,
+    add_log_level,
+    fraction,
+    model_name,
+    positive_int,
+    run_reporting_errors,
+)
 from training.data import DatasetError
 
 # Libraries that log every optimisation pass at INFO.
 _QUIET = ("onnx_ir", "onnxscript", "torch.onnx", "torch._dynamo", "torch.export")
-
-
-def _tolerance(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(
-            f"must be in [0, 1] (a fraction: 0.005 = 0.5 points), got {text}"
-        )
-    return value
 
 
 def _classes(text: str) -> tuple[int, ...]:
@@ -58,23 +55,17 @@ def _classes(text: str) -> tuple[int, ...]:
     return values
 
 
-def _name(text: str) -> str:
-    if not re.fullmatch(MODEL_NAME_PATTERN, text):
-        raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '.', '_', '-' only")
-    return text
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tolerance",
-        type=_tolerance,
+        type=fraction,
         default=DEFAULT_TOLERANCE,
         help="balanced accuracy the chosen point may lose against the best point (default "
         f"{DEFAULT_TOLERANCE})",
     )
     p.add_argument(
         "--tail-tolerance",
-        type=_tolerance,
+        type=fraction,
         help="tail protection: the chosen point must also keep the tail third's (or the "
         "--protect-classes') validation accuracy within this of their best (e.g. 0.01)",
     )
@@ -91,10 +82,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     add_log_level(p)
-    p.add_argument(
-        "-v", "--verbose", action="store_const", const="debug", dest="log_level",
-        help="the same as --log-level debug",
-    )  # fmt: skip
 
 
 def export_parser() -> argparse.ArgumentParser:
@@ -107,7 +94,9 @@ def export_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pt)")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
-    p.add_argument("--name", type=_name, help="model name (default: the --out directory's name)")
+    p.add_argument(
+        "--name", type=model_name, help="model name (default: the --out directory's name)"
+    )
     p.add_argument("--version", default="1", help="model version string (default 1)")
     _common(p)
     return p
@@ -166,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         a = _checked(parser, parser.parse_args(args_list[1:]))
         work = functools.partial(_calibrate, a)
     elif args_list[:1] == ["quantize"]:
-        parser = quantize_parser(_tolerance, _name)
+        parser = quantize_parser()
         a = parser.parse_args(args_list[1:])
         work = functools.partial(_quantize, a, args_list)
     elif args_list[:1] == ["retrofit"]:

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     cuda_device_id: Annotated[int, Field(ge=0)] = 0
     # CUDA provider options (ONNX Runtime's names; ignored on CPU). HEURISTIC asks cuDNN for its
     # ranked guess per new input shape; EXHAUSTIVE (ORT's default) benchmarks every algorithm
-    # once per shape (0.3-1.3 s per Conv and shape), DEFAULT uses one fixed algorithm.
+    # once per shape (a slow first call per shape), DEFAULT uses one fixed algorithm.
     cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = "HEURISTIC"
     # kSameAsRequested grows the arena by what is asked; kNextPowerOfTwo (ORT's default) doubles.
     cuda_arena_extend_strategy: Literal["kSameAsRequested", "kNextPowerOfTwo"] = "kSameAsRequested"

@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from training.checkpoint import CheckpointError
-from training.cli_errors import OneLineParser, add_log_level, run_reporting_errors
+from training.cli_errors import (
+    OneLineParser,
+    add_log_level,
+    fraction,
+    renamed,
+    run_reporting_errors,
+)
 from training.config import OptimConfig, TrainConfig
 from training.data import AugmentConfig, DataConfig, DatasetError
 from training.data.config import DATASETS
@@ -169,11 +175,15 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     _opt(g, "--eval-thresholds", t.eval_thresholds, "fixed exit thresholds reported on test")
     _opt(
         g,
-        "--calibration-tolerance",
+        "--tolerance",
         t.calibration_tolerance,
-        "calibrated point: the "
-        "cheapest within this balanced accuracy of the best point (validation split)",
+        "calibrated point: the cheapest within this balanced accuracy of the best point "
+        "(validation split), as elf-export's --tolerance",
+        type=fraction,
+        dest="calibration_tolerance",
+        metavar="TOLERANCE",
     )
+    renamed(g, "--calibration-tolerance", "--tolerance")
     add_log_level(g)
 
 

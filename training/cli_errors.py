@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import traceback
-from collections.abc import Callable
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from elf_core.manifest import MODEL_NAME_PATTERN
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -33,6 +36,39 @@ def add_log_level(parser: argparse._ActionsContainer, default: str = "info") -> 
         default=default,
         help=f"logging level; debug also prints the traceback of an error (default {default})",
     )
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1]: a tolerance or an agreement floor (0.005 = half a point)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"must be in [0, 1] (a fraction: 0.005 = 0.5 points), got {text}"
+        )
+    return value
+
+
+def model_name(text: str) -> str:
+    """--name of a model directory: what the server serves it as."""
+    if not re.fullmatch(MODEL_NAME_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '.', '_', '-' only")
+    return text
+
+
+def renamed(parser: argparse._ActionsContainer, old: str, new: str) -> None:
+    """`old`, hidden from --help, fails at once with a pointer to `new`: no silent alias."""
+
+    class _Renamed(argparse.Action):
+        def __call__(
+            self,
+            parser: argparse.ArgumentParser,
+            namespace: argparse.Namespace,
+            values: str | Sequence[Any] | None,
+            option_string: str | None = None,
+        ) -> None:
+            parser.error(f"{old} is now {new}")
+
+    parser.add_argument(old, nargs="?", action=_Renamed, help=argparse.SUPPRESS)
 
 
 def positive_int(text: str) -> int:

@@ -1,7 +1,7 @@
 """elf-export retrofit: early exits for an existing ONNX classifier, its backbone untouched.
 
 elf-export retrofit --onnx MODEL.onnx --data-root DIR [--dataset folder] [--cuts auto|NAME ...]
-    --out models/NAME [--size 224] [--channels 3] [--mean M ...] [--std S ...]
+    --out models/NAME [--image-size 224] [--channels 3] [--mean M ...] [--std S ...]
     [--tolerance 0.005] [--tail-tolerance 0.01 [--protect-classes 7,8,9]]
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from model_export.export import ExportConfig
 from model_export.retrofit.heads import HeadConfig
 from model_export.retrofit.pipeline import RetrofitConfig
-from training.cli_errors import OneLineParser
+from training.cli_errors import OneLineParser, model_name, renamed
 from training.data import DataConfig
 from training.data.config import DATASETS
 
@@ -45,7 +45,9 @@ def _data_group(p: argparse.ArgumentParser) -> None:
 
 def _preprocessing_group(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("preprocessing (recorded in the manifest)")
-    g.add_argument("--size", type=_size, help="input HxW (default: the model's input shape)")
+    g.add_argument("--image-size", type=_size, metavar="SIZE|HxW",
+                   help="as elf-train's (default: the model's input shape)")  # fmt: skip
+    renamed(g, "--size", "--image-size")
     g.add_argument("--channels", type=int, choices=(1, 3), help="default: the model's input")
     g.add_argument("--mean", type=float, nargs="+", help="per channel, [0, 1] scale "
                    "(default: the training split's)")  # fmt: skip
@@ -77,7 +79,8 @@ def retrofit_parser(common: object) -> argparse.ArgumentParser:
     )
     p.add_argument("--onnx", type=Path, required=True, help="the classifier (.onnx)")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
-    p.add_argument("--name", help="model name (default: the --out directory's name)")
+    p.add_argument("--name", type=model_name,
+                   help="model name (default: the --out directory's name)")  # fmt: skip
     p.add_argument("--version", default="1")
     _data_group(p)
     _preprocessing_group(p)
@@ -105,6 +108,6 @@ def retrofit_config(a: argparse.Namespace, command: str) -> RetrofitConfig:
     )  # fmt: skip
     return RetrofitConfig(
         onnx=a.onnx, data=data, export=export, cuts=cuts, num_exits=a.exits, head=head,
-        channels=a.channels, size=a.size, mean=tuple(a.mean) if a.mean else None,
+        channels=a.channels, image_size=a.image_size, mean=tuple(a.mean) if a.mean else None,
         std=tuple(a.std) if a.std else None,
     )  # fmt: skip

@@ -105,9 +105,9 @@ def load_classifier(
     hw = size if size is not None else (dims[2], dims[3])
     if not all(isinstance(d, int) and d > 0 for d in (c, *hw)):
         raise RetrofitError(
-            f"{path}: input {inputs[0].name} has shape {dims}; give --channels and --size"
+            f"{path}: input {inputs[0].name} has shape {dims}; give --channels and --image-size"
         )
-    for given, have, flag in ((c, dims[1], "--channels"), (hw[0], dims[2], "--size")):
+    for given, have, flag in ((c, dims[1], "--channels"), (hw[0], dims[2], "--image-size")):
         if isinstance(have, int) and have > 0 and have != given:
             raise RetrofitError(f"{path}: {flag} {given} does not match the model's input {dims}")
     _set_dims(inputs[0], [BATCH_DIM, int(c), int(hw[0]), int(hw[1])])

@@ -55,7 +55,7 @@ class RetrofitConfig:
     num_exits: int = 3  # early exits to place automatically (fewer if fewer stage ends exist)
     head: HeadConfig = field(default_factory=HeadConfig)
     channels: int | None = None  # None: the model's input shape
-    size: tuple[int, int] | None = None  # (height, width); None: the model's input shape
+    image_size: tuple[int, int] | None = None  # (height, width); None: the model's input shape
     mean: tuple[float, ...] | None = None  # None: the training split's statistics
     std: tuple[float, ...] | None = None
 
@@ -161,7 +161,7 @@ def retrofit(cfg: RetrofitConfig) -> RetrofitResult:
     ex = cfg.export
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    clf = load_classifier(cfg.onnx, cfg.channels, cfg.size)
+    clf = load_classifier(cfg.onnx, cfg.channels, cfg.image_size)
     splits = load_data(cfg, clf)
     cuts = choose_cuts(clf, cfg.cuts, cfg.num_exits)
     providers = providers_for(ex.device)

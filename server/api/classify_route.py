@@ -1,7 +1,7 @@
 """/v1 classify routes without FastAPI's per-request dependency solving.
 
-Solving dependencies and query parameters was about 30% of the event loop's time per request on
-a small model (bench/profile_server.py), more than decoding the image. These routes stay
+Solving dependencies and query parameters took more of the event loop's time per request on a
+small model than decoding the image (bench/profile_server.py). These routes stay
 APIRoutes (documented in OpenAPI, `scope["route"]` set for the metrics' route label), but their
 endpoint takes the Request alone: the app state comes from `request.app.state`, and the query is
 validated by one cached pydantic model with the same field types and bounds that `Query(...)`

@@ -72,7 +72,8 @@ def _prediction(
     i: int, name: str, a: Answer, model: ServedModel, *, top_k: int, total_ms: float
 ) -> dict[str, Any]:
     """One `Prediction` as the dict its JSON is written from (the hot path: building the
-    pydantic models and serialising them was ~10% of a small model's event-loop time)."""
+    pydantic models and serialising them was a visible share of a small model's event-loop
+    time)."""
     names, full = model.manifest.class_names, model.manifest.flops_full
     probs = a.probs
     order = np.argsort(-probs, kind="stable")[:top_k].tolist()

@@ -37,7 +37,7 @@ CapRule = Literal["max", "auto"]
 CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # Rounds of passes (every size once per round): at least REPS, and more until the passes add up
 # to MIN_SECONDS (a small model's passes last milliseconds); the fastest pass per size counts,
-# so the first round also warms the sizes up (a resnet50 at 224 px on 2 CPUs: 2 rounds, ~16 s).
+# so the first round also warms the sizes up.
 REPS = 2
 MIN_SECONDS = 2.0
 MAX_ROUNDS = 50

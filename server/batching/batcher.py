@@ -102,7 +102,7 @@ class Batcher:
     def start(self) -> None:
         # What exists now (sessions, modules, the warmed model) lives as long as the process:
         # keep it out of the cyclic collector, whose full passes over it stalled the worker and
-        # the event loop (one 45 ms pass per ~3,600 images in the bundled burst of bench.runner).
+        # the event loop (in the bundled burst of bench.runner).
         gc.freeze()
         self._thread = threading.Thread(
             target=self._loop, name=f"batcher-{self.model}", daemon=True

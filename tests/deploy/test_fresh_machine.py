@@ -2,9 +2,10 @@
 (Debian bookworm with python3 and make, nothing else: docker/build-local.sh base).
 
 `make serve` must set itself up from nothing and answer a classify; then the set-up half of
-`make test` (`make dev`: the venv with torch, the project and the dev tools) and the server and
-export test modules must pass there. The whole `make test` does not fit CI's budget a second time
-(the container tests are deselected by their marker anyway: no engine inside the engine).
+`make test` (`make system dev`: the Debian packages the tests use, then the venv with torch, the
+project and the dev tools) and the server and export test modules must pass there. The whole
+`make test` does not fit CI's budget a second time (the container tests are deselected by their
+marker anyway: no engine inside the engine).
 Like every machine of this kind, the container gets the machine's torch CPU wheel (/opt/wheels,
 read-only, as PIP_FIND_LINKS); everything else comes from PyPI.
 """
@@ -73,9 +74,8 @@ def test_make_serve_from_nothing_answers(
 
 
 def test_make_dev_and_the_server_and_export_tests_pass(images: Engine, clone: Path) -> None:
-    script = "make dev && .venv/bin/pytest -q -p no:cacheprovider -m 'not container' " + " ".join(
-        TEST_MODULES
-    )
+    script = "make system dev && .venv/bin/pytest -q -p no:cacheprovider -m 'not container' "
+    script += " ".join(TEST_MODULES)
     start = time.monotonic()
     name = unique("elf-fresh")
     try:

@@ -57,3 +57,30 @@ def test_tail_protection_arguments_exit_2_with_reason(
         main(["calibrate", "--model-dir", str(tmp_path), *args])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # One flag name per concept: retrofit's input size is elf-train's --image-size, and
+        # --log-level debug is the one spelling of verbose in every command.
+        (["retrofit", "--size", "224"], "elf-export retrofit: error: --size is now --image-size"),
+        (["calibrate", "-v"], "elf-export calibrate: error: unrecognized arguments: -v"),
+        (["retrofit", "--name", "a b"], "elf-export retrofit: error: argument --name: 'a b'"),
+        (["quantize", "--name", "a b"], "elf-export quantize: error: argument --name: 'a b'"),
+        (["quantize", "--min-agreement", "2"], "argument --min-agreement: must be in [0, 1]"),
+    ],
+)
+def test_subcommand_arguments_exit_2_with_reason(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = ["--out", str(tmp_path / "m")]
+    required = {
+        "retrofit": ["--onnx", "m.onnx", *out],
+        "calibrate": ["--model-dir", str(tmp_path)],
+        "quantize": ["--model-dir", str(tmp_path), *out],
+    }[args[0]]
+    with pytest.raises(SystemExit) as exc:
+        main([args[0], *required, *args[1:]])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err

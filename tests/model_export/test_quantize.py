@@ -18,7 +18,7 @@ from elf_core.exits import early_exit, softmax
 from elf_core.manifest import MANIFEST_FILE, Manifest, load_manifest, sha256_file
 from model_export.calibrate_run import split_probs
 from model_export.cli import main
-from model_export.quantize_run import QuantizeConfig, QuantizeError, quantize_model
+from model_export.quantize.pipeline import QuantizeConfig, QuantizeError, quantize_model
 from model_export.runtime import StageChain
 from model_export.splits import model_splits
 from tests.model_export.conftest import Exported

@@ -64,6 +64,7 @@ def retrofitted(tmp_path_factory: pytest.TempPathFactory) -> Retrofitted:
     rc, stdout = _run(
         ["retrofit", "--onnx", str(onnx_path), "--data-root", str(data), *DATA_ARGS,
          "--out", str(out), "--epochs", "25", "--head-batch-size", "32", "--threads", "1",
+         "--image-size", "28",
          "--mean", str(MEAN), "--std", str(STD), "--tail-tolerance", str(TAIL_TOLERANCE),
          "--no-progress"]
     )  # fmt: skip
@@ -219,6 +220,14 @@ def test_not_a_classifier_is_one_line(
     argv = ["retrofit", "--onnx", str(onnx_path), "--data-root", str(data_dir), *DATA_ARGS]
     line = _error([*argv, "--out", str(tmp_path / "m")], capsys)
     assert "not a classifier: needs a single 2-D output" in line
+
+
+def test_image_size_other_than_the_models_is_one_line(
+    plain_onnx: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["retrofit", "--onnx", str(plain_onnx), "--data-root", str(data_dir), *DATA_ARGS]
+    line = _error([*argv, "--image-size", "32", "--out", str(tmp_path / "m")], capsys)
+    assert "--image-size 32 does not match the model's input" in line
 
 
 def test_class_count_mismatch_is_one_line(

@@ -49,6 +49,29 @@ def test_invocation_is_the_shell_quoted_command_line(monkeypatch: pytest.MonkeyP
     assert cli.config_from_args(args, "elf-train --out r").command == "elf-train --out r"
 
 
+def test_tolerance_is_the_calibration_tolerance() -> None:
+    """The same flag as elf-export's for the same rule (the calibrated point's tolerance)."""
+    args = cli.build_parser().parse_args(["--out", "r", "--tolerance", "0.02"])
+    assert cli.config_from_args(args, "elf-train").calibration_tolerance == 0.02
+    assert "--calibration-tolerance" not in cli.build_parser().format_help()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tolerance", "2"], "elf-train: error: argument --tolerance: must be in [0, 1]"),
+        (["--calibration-tolerance", "0.01"], "--calibration-tolerance is now --tolerance"),
+    ],
+)
+def test_tolerance_arguments_exit_2_with_reason(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.build_parser().parse_args(["--out", "r", *args])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.integration
 def test_one_epoch_writes_every_output(image_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"

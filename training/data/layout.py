@@ -39,8 +39,10 @@ class Layout:
     def test_source(self) -> str:
         if self.test_folder:
             return "test/"
-        return "val/ (there is no test/ folder: test metrics are on val/, held out from training "
-        "and from threshold calibration)"
+        return (
+            "val/ (there is no test/ folder: test metrics are on val/, held out from training "
+            "and from threshold calibration)"
+        )
 
 
 def detect_layout(root: Path) -> Layout:

@@ -7,6 +7,7 @@ image. Each layout is a generated folder of small PNGs.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +16,11 @@ import pytest
 from tests.training.conftest import EVAL_PER_CLASS, TRAIN_COUNTS, write_image_folder
 from training.data import DataConfig, DatasetError, build_splits
 from training.data.files import FileImageDataset
+
+NO_TEST_SOURCE = (
+    "val/ (there is no test/ folder: test metrics are on val/, held out from training and from "
+    "threshold calibration)"
+)
 
 
 def _splits(root: Path, seed: int = 0, val_per_class: int = 200) -> tuple[FileImageDataset, ...]:
@@ -66,9 +72,20 @@ def test_missing_split_carves_a_balanced_seeded_val_from_train(
     sources = build_splits(DataConfig(dataset="folder", root=root)).sources
     assert sources["val"].startswith(f"carved from train/: {k} images per class (balanced), seed 0")
     if held_out == "val":
-        assert sources["test"].startswith("val/ (there is no test/ folder")
+        assert sources["test"] == NO_TEST_SOURCE
     else:
         assert sources["test"] == "test/"
+
+
+def test_without_test_folder_the_log_says_where_test_metrics_come_from(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = write_image_folder(tmp_path, splits=("train", "val"))
+    with caplog.at_level(logging.INFO, logger="training.data.folder"):
+        build_splits(DataConfig(dataset="folder", root=root))
+    messages = [r.getMessage() for r in caplog.records if r.name == "training.data.folder"]
+    assert f"test split: {NO_TEST_SOURCE}" in messages
+    assert f"no test/ folder: the test metrics are computed on val/ ({root})" in messages
 
 
 def test_val_per_class_caps_the_carved_split(tmp_path: Path) -> None:

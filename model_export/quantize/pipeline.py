@@ -3,10 +3,10 @@
 SRC is never written. DST is built in a hidden temporary sibling and renamed into place only
 after every check passed, so a failed run leaves nothing behind:
 
-1. copy SRC; replace each stage graph with its static-QDQ int8 variant (model_export.quantize),
-   activation ranges calibrated on images of the TRAINING split (the validation split stays
-   unseen for the thresholds); full.onnx stays the float32 reference graph (the server does not
-   run it; it is what the float32 peers in bench/ serve);
+1. copy SRC; replace each stage graph with its static-QDQ int8 variant
+   (model_export.quantize.stages), activation ranges calibrated on images of the TRAINING split
+   (the validation split stays unseen for the thresholds); full.onnx stays the float32 reference
+   graph (the server does not run it; it is what the float32 peers in bench/ serve);
 2. ONNX checker, same float32 interface as SRC's stages, batches of 1, 3 and 64;
 3. new exit thresholds on validation with `elf-export calibrate`'s path (recalibrate), which
    also rewrites calibration.json/.png and agreement.json;
@@ -41,7 +41,7 @@ from elf_core.manifest import (
 )
 from model_export.calibrate_run import SplitProbs, validation_probs
 from model_export.export import DEFAULT_TOLERANCE
-from model_export.quantize import PRECISIONS, quantize_stages
+from model_export.quantize.stages import PRECISIONS, quantize_stages
 from model_export.recalibrate import recalibrate
 from model_export.report import CalibrationOutcome
 from model_export.runtime import StageChain, normalize, providers_for
@@ -52,7 +52,7 @@ from training.data import DataSplits
 log = logging.getLogger(__name__)
 
 # Default floor on final-exit agreement with the float32 source (fraction of validation images).
-# The bundled model's int8-u8 stages agree on ~98% (bench/results/stage_precision.md).
+# How far the bundled model's int8-u8 stages agree: bench/results/stage_precision.md.
 MIN_AGREEMENT = 0.95
 
 

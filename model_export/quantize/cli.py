@@ -1,4 +1,4 @@
-"""elf-export quantize: parser and summary (model_export/cli.py runs it).
+"""`elf-export quantize`: parser and summary (model_export/cli.py runs it).
 
 elf-export quantize --model-dir models/NAME --out models/NAME-int8 [--precision int8-u8|int8]
     [--calibration-images 256] [--min-agreement 0.95] [--tolerance T]
@@ -7,18 +7,15 @@ elf-export quantize --model-dir models/NAME --out models/NAME-int8 [--precision 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 
 from elf_core.manifest import CalibrationPoint
-from model_export.quantize import PRECISIONS
-from model_export.quantize_run import MIN_AGREEMENT, QuantizeConfig, QuantizeResult
-from training.cli_errors import OneLineParser, add_log_level, positive_int
+from model_export.quantize.pipeline import MIN_AGREEMENT, QuantizeConfig, QuantizeResult
+from model_export.quantize.stages import PRECISIONS
+from training.cli_errors import OneLineParser, add_log_level, fraction, model_name, positive_int
 
 
-def quantize_parser(
-    tolerance: Callable[[str], float], name: Callable[[str], str]
-) -> argparse.ArgumentParser:
+def quantize_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="elf-export quantize",
         description="Write a NEW model directory whose stage graphs are int8 (static QDQ, "
@@ -27,16 +24,18 @@ def quantize_parser(
     )
     p.add_argument("--model-dir", type=Path, required=True, help="float32 model directory")
     p.add_argument("--out", type=Path, required=True, help="new model directory (must not exist)")
-    p.add_argument("--name", type=name, help="model name (default: the --out directory's name)")
+    p.add_argument(
+        "--name", type=model_name, help="model name (default: the --out directory's name)"
+    )
     p.add_argument("--precision", choices=sorted(PRECISIONS), default="int8-u8",
                    help="int8-u8 (default): uint8 activations, 7-bit weights, fast on x86 "
                    "without VNNI; int8: int8 activations (for VNNI / ARM)")  # fmt: skip
     p.add_argument("--calibration-images", type=positive_int, default=256,
                    help="training images that set the activation ranges (default 256)")  # fmt: skip
-    p.add_argument("--min-agreement", type=tolerance, default=MIN_AGREEMENT,
+    p.add_argument("--min-agreement", type=fraction, default=MIN_AGREEMENT,
                    help="fail unless the final exit gives the float32 model's class on at least "
                    f"this fraction of validation images (default {MIN_AGREEMENT})")  # fmt: skip
-    p.add_argument("--tolerance", type=tolerance,
+    p.add_argument("--tolerance", type=fraction,
                    help="threshold choice's tolerance (default: the source's; its tail "
                    "protection is kept)")  # fmt: skip
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="ONNX Runtime device")
