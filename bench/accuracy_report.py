@@ -158,6 +158,27 @@ executed / backbone FLOPs (exit heads included in executed). Mean ± sample std 
 listed."""
 
 
+def class_order_of(result: dict[str, Any]) -> str:
+    """'default', or the classes head to tail of a run trained with --class-order."""
+    _, sep, order = str(result["dataset"]).partition("-order")
+    return "default" if not sep else order.replace(".", " ")
+
+
+def _tables_by_order(results: list[dict[str, Any]], order: Sequence[str]) -> list[str]:
+    """The main table once per class order (rows under the default order first)."""
+    orders = sorted({class_order_of(r) for r in results}, key=lambda o: (o != "default", o))
+    md: list[str] = []
+    for o in orders:
+        title = (
+            "Default class order (class 0 the head)"
+            if o == "default"
+            else (f"Class order {o} (head to tail: the hardest classes are the rarest)")
+        )
+        subset = [r for r in results if class_order_of(r) == o]
+        md += [f"### {title}", "", *_main_table(summarize(subset, order)), ""]
+    return md
+
+
 def write_report(
     folder: Path,
     results_dir: Path,
@@ -178,7 +199,7 @@ def write_report(
           f"`{results_dir}/` (one per row and seed, each with its elf-train command and commit;",
           "`python -m bench accuracy collect` makes them). Hardware: "
           + ("; ".join(hw) if hw else "not recorded (accuracy does not depend on it)") + ".",
-          "", intro, "", *_main_table(summary), "",
+          "", intro, "", *_tables_by_order(results, order),
           "Balanced / head / middle / tail, %:", "", *_groups_table(summary), "",
           "## Tail-protected calibration (`elf-export calibrate --tail-tolerance X`)", "",
           "Same checkpoints, thresholds chosen on validation; 'plain' is the ≤0.5 pt point. Tail",
