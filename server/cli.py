@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from elf_core.manifest import ManifestError
 from server.engine.providers import EngineError, requested_providers
+from server.engine.sessions import check_graphs
 from server.frontend import FrontendError, Listen, serve
 from server.frontend import check as check_frontend
 from server.metrics import MULTIPROC_ENV, prepare_multiprocess
@@ -95,7 +96,8 @@ def check(settings: Settings) -> None:
     """What the server would fail on at start-up, checked here to fail in one line."""
     check_frontend(settings.http_server)
     requested_providers(settings)
-    find_manifests(settings)
+    for model_dir, manifest in find_manifests(settings).values():
+        check_graphs(manifest, model_dir)
 
 
 def _fail(message: str, debug: bool) -> NoReturn:
