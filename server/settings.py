@@ -81,7 +81,8 @@ class Settings(BaseSettings):
     warmup_all_batch_sizes: bool = True
 
     # Directory for state shared by the workers and kept across restarts (threshold overrides);
-    # unset = a PUT changes only the worker that served it, until that worker stops.
+    # unset = one worker keeps a PUT in memory; several get a private directory of the run
+    # from elf-serve (shared by them, removed at exit).
     state_dir: Path | None = None
     # Fraction of early-exited images finished at full depth, when the batcher is idle, to
     # measure agreement with the final exit (server/batching/audit.py); 0 = off.

@@ -1,9 +1,10 @@
 """PUT /v1/models/{name}/thresholds: change the operating point (bearer ELF_ADMIN_TOKEN).
 
 With ELF_STATE_DIR set, the change is written to the state directory (server/shared_state.py):
-every worker applies it within a second and a restart keeps it. Without, it lives in this
-process's memory: lost on restart, and with several workers only the one that served the PUT
-changes.
+every worker applies it within a second and a restart keeps it. Without it, `elf-serve
+--workers N` (N > 1) makes a private state directory for the run (server/cli.py), so every
+worker still follows the change; one worker keeps it in memory. Either way a restart without
+ELF_STATE_DIR starts from the manifest's thresholds.
 """
 
 from __future__ import annotations
