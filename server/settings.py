@@ -62,6 +62,16 @@ class Settings(BaseSettings):
     request_timeout_s: Annotated[float, Field(gt=0.0)] = 30.0
     retry_after_s: PositiveInt = 1
 
+    # Slow and idle clients (docs/serving/limits.md). A request's line and headers must arrive
+    # within head_timeout_s of the connection's start or of the head's first byte (408, or a
+    # close when nothing came); Granian takes whole milliseconds, at most 60 s.
+    head_timeout_s: Annotated[float, Field(gt=0.0, le=60.0)] = 10.0
+    # An idle keep-alive connection closes this long after its last response.
+    keep_alive_timeout_s: Annotated[float, Field(gt=0.0)] = 5.0
+    # Connections (uvicorn: connections or running requests; Granian: requests in flight) per
+    # worker; beyond it uvicorn answers 503 and Granian stops accepting until one ends.
+    max_connections: PositiveInt = 1024
+
     max_body_bytes: PositiveInt = 10 * 1024 * 1024
     # Longest time a request body may take to arrive, from its first byte read (408 after).
     body_timeout_s: Annotated[float, Field(gt=0.0)] = 30.0
