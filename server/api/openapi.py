@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -165,7 +165,10 @@ def install_openapi(
         # A copy: narrow() writes into it, and the routes' openapi_extra dicts are shared.
         schema = copy.deepcopy(get_openapi(title=app.title, version=app.version, routes=app.routes))
         ref = "#/components/schemas/{model}"
-        bodies = [(InferenceRequest, "validation"), (ThresholdsUpdate, "validation")]
+        bodies: list[tuple[type[BaseModel], Literal["validation"]]] = [
+            (InferenceRequest, "validation"),
+            (ThresholdsUpdate, "validation"),
+        ]
         _, defs = models_json_schema(bodies, ref_template=ref)
         components = schema.setdefault("components", {})
         components.setdefault("schemas", {}).update(defs["$defs"])

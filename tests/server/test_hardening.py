@@ -31,7 +31,7 @@ def test_malformed_inference_header_length_is_400(served: LiveServer, value: str
     r = httpx.post(
         f"{served.url}/v2/models/tiny/infer",
         content=body.encode(),
-        headers={"Inference-Header-Content-Length": BAD_COUNTS[value]},
+        headers={b"Inference-Header-Content-Length": BAD_COUNTS[value]},
     )
     assert r.status_code == 400, r.text
     assert "Inference-Header-Content-Length" in r.json()["error"]
