@@ -16,7 +16,7 @@ from server.api import admin, v1, v2
 from server.api.errors import install_error_handlers
 from server.api.load import AdmissionMiddleware
 from server.api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
-from server.api.openapi import install_openapi
+from server.api.openapi import ServedShape, install_openapi
 from server.inflight import RequestMonitor
 from server.metrics import Metrics
 from server.registry import load_models
@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="ELF serving", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
     )
     app.state.elf = state
-    install_openapi(app, str(swagger_ui_bundle.swagger_ui_path))
+    install_openapi(app, str(swagger_ui_bundle.swagger_ui_path), lambda: served_shape(state))
     install_error_handlers(app, state.metrics, settings.retry_after_s)
     app.include_router(v1.router)
     app.include_router(admin.router)
@@ -107,6 +107,22 @@ async def _start_grpc(state: AppState, requests: RequestMonitor | None) -> Any:
     from server.grpc.server import start_grpc  # noqa: PLC0415
 
     return await start_grpc(state, requests)
+
+
+def served_shape(state: AppState) -> ServedShape | None:
+    """The bounds the OpenAPI schema states for the loaded models; None before loading."""
+    if state.registry is None:
+        return None
+    models = state.registry.models.values()
+    return ServedShape(
+        model_names=tuple(sorted(state.registry.models)),
+        versions=tuple(sorted({m.manifest.version for m in models})),
+        max_classes=max(len(m.manifest.class_names) for m in models),
+        exit_counts=tuple(sorted({m.num_exits for m in models})),
+        input_names=tuple(sorted({m.manifest.stages[0].input.name for m in models})),
+        output_names=tuple(v2.OUTPUTS),
+        max_images=state.settings.max_images_per_request,
+    )
 
 
 def app_from_env() -> FastAPI:

@@ -14,7 +14,9 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import traceback
+from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
@@ -22,6 +24,7 @@ from pydantic import ValidationError
 
 from elf_core.manifest import ManifestError
 from server.engine.providers import EngineError, requested_providers
+from server.engine.sessions import check_graphs
 from server.frontend import FrontendError, Listen, serve
 from server.frontend import check as check_frontend
 from server.grpc.port import GrpcPortError, check_grpc_port
@@ -102,8 +105,9 @@ def check(settings: Settings) -> None:
     """What the server would fail on at start-up, checked here to fail in one line."""
     check_frontend(settings.http_server)
     requested_providers(settings)
-    find_manifests(settings)
     check_grpc_port(settings)
+    for model_dir, manifest in find_manifests(settings).values():
+        check_graphs(manifest, model_dir)
 
 
 def _fail(message: str, debug: bool) -> NoReturn:
@@ -149,12 +153,37 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("elf-serve").warning("%s is not a setting of elf-serve; ignored", name)
     signal.signal(signal.SIGTERM, _absorb_sigterm)
     made = prepare_multiprocess(settings.workers)  # before any worker imports prometheus_client
+    state = private_state_dir(settings)
     try:
         _run(args, settings)
     finally:
         if made is not None:  # the variable named the directory we made: neither outlives us
             shutil.rmtree(made, ignore_errors=True)
             os.environ.pop(MULTIPROC_ENV, None)
+        if state is not None:
+            shutil.rmtree(state, ignore_errors=True)
+            os.environ.pop(STATE_ENV, None)
+
+
+STATE_ENV = "ELF_STATE_DIR"
+
+
+def private_state_dir(settings: Settings) -> Path | None:
+    """Several workers without ELF_STATE_DIR: a directory of this run that they all follow, so
+    that a threshold PUT reaches every worker (each builds its Settings from the environment);
+    the caller removes it at exit, so nothing outlives the run. None when not needed."""
+    if settings.workers <= 1 or settings.state_dir is not None:
+        return None
+    made = Path(tempfile.mkdtemp(prefix="elf-state-"))
+    os.environ[STATE_ENV] = str(made)
+    logging.getLogger("elf-serve").info(
+        "%d workers share threshold changes through %s (removed at exit; set %s to keep them "
+        "across restarts)",
+        settings.workers,
+        made,
+        STATE_ENV,
+    )
+    return made
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> None:

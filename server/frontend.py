@@ -6,6 +6,11 @@
            (hyper, tokio); the same ASGI app, lifespan and middleware run on its asyncio loop.
            This process supervises N spawned worker processes (one even at `--workers 1`).
 
+Slow and idle clients (ELF_HEAD_TIMEOUT_S, ELF_KEEP_ALIVE_TIMEOUT_S, ELF_MAX_CONNECTIONS):
+uvicorn gets its own timeout_keep_alive and limit_concurrency, and the head timeout from
+server/http_protocol.py; Granian gets hyper's header read timeout and its backpressure (it has
+no idle keep-alive timeout of its own). docs/serving/limits.md says what each frontend does.
+
 Both serve `server.app:app_from_env` (every worker builds the same Settings from ELF_*), run
 its lifespan (models loaded into app.state before the port answers), cap a request's head at
 MAX_HEAD_BYTES (uvicorn: 431 with a JSON reason; granian: hyper's bare 431), and on SIGTERM stop
@@ -15,6 +20,7 @@ shutdown (batchers drained, metrics marked) and exit 0.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import multiprocessing
 from dataclasses import dataclass
@@ -58,9 +64,15 @@ def serve(settings: Settings, listen: Listen) -> None:
 
 
 def _uvicorn(settings: Settings, listen: Listen) -> None:
+    # A partial of a module-level class: picklable, so spawned workers get it too.
+    protocol = functools.partial(
+        HeadCappedHttpToolsProtocol, head_timeout_s=settings.head_timeout_s
+    )
     uvicorn.run(
         APP_FACTORY,
-        http=HeadCappedHttpToolsProtocol,
+        http=protocol,  # type: ignore[arg-type]
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]
+        limit_concurrency=settings.max_connections,
         factory=True,
         host=listen.host,
         port=listen.port,
@@ -95,7 +107,12 @@ def granian_server(settings: Settings, listen: Listen, **options: Any) -> Any:
         "workers": settings.workers,
         "loop": Loops.uvloop,
         # hyper's read buffer bounds the request head: past it, 431 and close (as uvicorn's cap).
-        "http1_settings": HTTP1Settings(max_buffer_size=MAX_HEAD_BYTES),
+        "http1_settings": HTTP1Settings(
+            max_buffer_size=MAX_HEAD_BYTES,
+            # hyper's timer for a request head; Granian has no separate idle keep-alive timeout.
+            header_read_timeout=max(1, round(settings.head_timeout_s * 1000)),
+        ),
+        "backpressure": settings.max_connections,  # requests in flight per worker
         "log_level": LogLevels(settings.log_level),
         "log_access": listen.access_log,
         # A worker still busy this long after SIGTERM is killed (uvicorn: cancelled).

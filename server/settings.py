@@ -75,6 +75,16 @@ class Settings(BaseSettings):
     # Seconds in the Retry-After header of a 503 (queue full, overloaded, shutting down).
     retry_after_s: PositiveInt = 1
 
+    # Slow and idle clients (docs/serving/limits.md). A request's line and headers must arrive
+    # within head_timeout_s of the connection's start or of the head's first byte (408, or a
+    # close when nothing came); Granian takes whole milliseconds, at most 60 s.
+    head_timeout_s: Annotated[float, Field(gt=0.0, le=60.0)] = 10.0
+    # An idle keep-alive connection closes this long after its last response.
+    keep_alive_timeout_s: Annotated[float, Field(gt=0.0)] = 5.0
+    # Connections (uvicorn: connections or running requests; Granian: requests in flight) per
+    # worker; beyond it uvicorn answers 503 and Granian stops accepting until one ends.
+    max_connections: PositiveInt = 1024
+
     # Largest request body in bytes (413 beyond).
     max_body_bytes: PositiveInt = 10 * 1024 * 1024
     # Longest time a request body may take to arrive, from its first byte read (408 after).
@@ -97,7 +107,8 @@ class Settings(BaseSettings):
     warmup_all_batch_sizes: bool = True
 
     # Directory for state shared by the workers and kept across restarts (threshold overrides);
-    # unset = a PUT changes only the worker that served it, until that worker stops.
+    # unset = one worker keeps a PUT in memory; several get a private directory of the run
+    # from elf-serve (shared by them, removed at exit).
     state_dir: Path | None = None
     # Fraction of early-exited images finished at full depth, when the batcher is idle, to
     # measure agreement with the final exit (server/batching/audit.py); 0 = off.

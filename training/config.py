@@ -71,6 +71,14 @@ class TrainConfig:
             raise ValueError("eval_every must be >= 1")
         if self.workers < 0 or self.threads < 0:
             raise ValueError("workers and threads must be >= 0")
+        if self.loss.method == "elf" and self.loss.base == "ldam":
+            raise ValueError(
+                "--method elf with --loss ldam is refused: LDAM's scaled logits (the cosine "
+                "classifier's scale) make a small gap read as a confident softmax against "
+                "--tau-train, so most training images count as exited at the first exit and "
+                "the final exit collapses; use --loss balanced_softmax or ce with elf, or "
+                "ldam with --method standard or multi-exit"
+            )
 
 
 def to_dict(obj: Any) -> Any:

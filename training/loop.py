@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from tqdm import tqdm
 from training.data import AugmentConfig, ImageDataset, augment, normalize
 from training.distributed import DistInfo, all_reduce_sum
 from training.losses import MultiExitLoss
+
+log = logging.getLogger(__name__)
 
 
 class _Batches(Dataset[tuple[Tensor, Tensor]]):
@@ -157,3 +160,29 @@ def predict(
     model.train(was_training)
     probs = [torch.cat([c[k] for c in chunks]).numpy() for k in range(len(chunks[0]))]
     return probs, data.labels.numpy().astype(np.int64)
+
+
+class FirstExitWatch:
+    """Warns when the share of training images counted as exited at the first exit stays above
+    `bound` for `epochs` consecutive epochs: the deeper exits then learn from a few images
+    (how an ELF run collapses without failing)."""
+
+    def __init__(self, bound: float = 0.7, epochs: int = 3) -> None:
+        self.bound, self.epochs, self.streak = bound, epochs, 0
+
+    def update(self, epoch: int, exit_rate: list[float]) -> bool:
+        """One epoch's `train_exit_rate`; True (and a warning) when the streak reaches `epochs`."""
+        if len(exit_rate) < 2:
+            return False
+        self.streak = self.streak + 1 if exit_rate[0] > self.bound else 0
+        if self.streak != self.epochs:
+            return False
+        log.warning(
+            "epoch %d: %.0f%% of training images counted as exited at exit 0, above %.0f%% for "
+            "%d epochs: the deeper exits learn from few images (raise --tau-train)",
+            epoch,
+            100 * exit_rate[0],
+            100 * self.bound,
+            self.epochs,
+        )
+        return True

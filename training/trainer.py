@@ -31,7 +31,7 @@ from training.distributed import (
 )
 from training.evaluate import final_metrics, plot_per_class
 from training.flops import stage_flops
-from training.loop import InputSpec, batches, predict, train_one_epoch
+from training.loop import FirstExitWatch, InputSpec, batches, predict, train_one_epoch
 from training.losses import MultiExitLoss
 from training.networks import MultiExitNet, build_model
 from training.optim import make_optimizer
@@ -256,10 +256,12 @@ def _run(
     }
     # Provenance for the export's manifest: how this run was started, and from which code.
     extra |= {"command": cfg.command, "commit": git_commit()}
+    watch = FirstExitWatch()
     for epoch in range(start, cfg.epochs):
         loss_fn.set_epoch(epoch)
         record = _train_epoch(run, ddp, loss_fn, (optimizer, scheduler), epoch=epoch, info=info)
         if info.is_main:
+            watch.update(epoch + 1, record["train_exit_rate"])
             record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], **record}
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 record |= _validate(run)

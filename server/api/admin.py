@@ -1,9 +1,10 @@
 """PUT /v1/models/{name}/thresholds: change the operating point (bearer ELF_ADMIN_TOKEN).
 
 With ELF_STATE_DIR set, the change is written to the state directory (server/shared_state.py):
-every worker applies it within a second and a restart keeps it. Without, it lives in this
-process's memory: lost on restart, and with several workers only the one that served the PUT
-changes.
+every worker applies it within a second and a restart keeps it. Without it, `elf-serve
+--workers N` (N > 1) makes a private state directory for the run (server/cli.py), so every
+worker still follows the change; one worker keeps it in memory. Either way a restart without
+ELF_STATE_DIR starts from the manifest's thresholds.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from __future__ import annotations
 import hmac
 import logging
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from server.adaptive import rebase
 from server.api.errors import ApiError
-from server.api.openapi import error_responses
+from server.api.openapi import THRESHOLDS_BODY, error_responses
 from server.api.v1 import StateDep
 from server.schemas.v1 import ThresholdsChanged, ThresholdsUpdate
 from server.state import AppState
@@ -47,19 +50,26 @@ def require_admin(request: Request, state: AppState) -> None:
         raise ApiError(403, "wrong admin token", "forbidden")
 
 
-async def admin_guard(request: Request, state: StateDep) -> None:
-    require_admin(request, state)
+async def read_update(request: Request) -> ThresholdsUpdate:
+    """The body, read and validated only after the token was checked (a caller without the
+    token learns nothing about bodies; FastAPI would parse a declared body first)."""
+    try:
+        return ThresholdsUpdate.model_validate_json(await request.body())
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+        raise RequestValidationError(errors) from None
 
 
-# A dependency runs before the body is validated: no 422 to a caller without the token.
 @router.put(
     "/models/{name}/thresholds",
     response_model=ThresholdsChanged,
-    dependencies=[Depends(admin_guard)],
-    responses=error_responses(400, 401, 403, 404, 408, 413, 422, 499),
+    responses=error_responses(400, 401, 403, 404, 408, 413, 422, 499, 500),
+    openapi_extra=THRESHOLDS_BODY,
 )
-async def set_thresholds(name: str, body: ThresholdsUpdate, state: StateDep) -> ThresholdsChanged:
+async def set_thresholds(name: str, request: Request, state: StateDep) -> ThresholdsChanged:
     """Body: {"thresholds": [t_0, ..., t_{K-2}]} (or K values, the last 0)."""
+    require_admin(request, state)
+    body = await read_update(request)
     model = state.models.get(name)
     previous = model.set_thresholds(body.thresholds)  # validates: 4xx before anything is written
     if state.store is not None:
@@ -68,9 +78,10 @@ async def set_thresholds(name: str, body: ThresholdsUpdate, state: StateDep) -> 
         except OSError as exc:
             model.set_thresholds(list(previous))
             log.error("%s: cannot write %s: %s", model.name, state.store.path, exc)
+            # The reason goes to the log only: an OSError names paths of the server.
             raise ApiError(
                 500,
-                f"thresholds not changed: the state directory is not writable ({exc})",
+                "thresholds not changed: the state directory is not writable (see the log)",
                 "state_dir",
             ) from exc
     state.metrics.set_thresholds(model.name, model.thresholds)

@@ -98,5 +98,6 @@ def install_error_handlers(app: FastAPI, metrics: Metrics, retry_after_s: int) -
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        # The exception's text goes to the log only: it may name paths, settings or data.
         log.error("internal error: %r", exc, exc_info=exc)
-        return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+        return error_response(500, "internal error (logged by the server)")

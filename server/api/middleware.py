@@ -4,6 +4,7 @@ size (413) and time (408); a client gone mid-body becomes a 499 (logged, counted
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -12,6 +13,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server.metrics import Metrics
 
 UNMATCHED = "unmatched"
+# A byte count in a header: ASCII digits only (str.isdigit() also takes "²", which int() refuses),
+# and at most 18 of them (int() refuses more than 4,300; 10**18 bytes is past any body).
+_BYTE_COUNT = re.compile(r"[0-9]{1,18}")
+
+
+def byte_count(text: str | bytes) -> int | None:
+    """The header value as a byte count, or None when it is not one (the caller answers 400)."""
+    value = text.decode("latin-1") if isinstance(text, bytes) else text
+    return int(value) if _BYTE_COUNT.fullmatch(value.strip()) else None
 
 
 def route_template(scope: Scope) -> str:
@@ -97,9 +107,17 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        too_big = declared.isdigit() and int(declared) > self.max_bytes
-        received, complete, deadline = 0, False, 0.0
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"")
+        count = byte_count(declared)
+        too_big = count is not None and count > self.max_bytes
+        has_body = bool(count) or b"transfer-encoding" in headers
+        received, complete, deadline, started = 0, False, 0.0, False
+
+        async def send_started(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
 
         async def limited() -> Message:
             nonlocal received, complete, deadline
@@ -116,6 +134,10 @@ class BodyLimitMiddleware:
             except asyncio.CancelledError:
                 raise BodyCancelledError() from None
             if message["type"] == "http.disconnect":
+                if started or not has_body:
+                    # A hang-up after a whole request (a browser leaving /docs while a file
+                    # streams): the response loop sees the disconnect and stops sending.
+                    return message
                 raise ClientGoneError()
             complete = not message.get("more_body", False)
             if message["type"] == "http.request":
@@ -124,4 +146,4 @@ class BodyLimitMiddleware:
                     raise self._error(f"more than {received - len(message.get('body', b''))}")
             return message
 
-        await self.app(scope, limited, send)
+        await self.app(scope, limited, send_started)

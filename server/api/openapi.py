@@ -3,7 +3,10 @@ read themselves, every error answer, and /docs served from a Python package (no 
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -13,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from server.schemas.v1 import ThresholdsUpdate
 from server.schemas.v2 import InferenceRequest
 
 
@@ -60,6 +64,21 @@ INFER_BODY: dict[str, Any] = {
         },
     }
 }
+DATATYPES = ("FP32", "BYTES")  # v2 input tensors: a pixel tensor or encoded images
+BEARER = "adminToken"
+THRESHOLDS_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": _ref(ThresholdsUpdate)}},
+    },
+    "security": [{BEARER: []}],
+}
+# An empty `files` array and no `files` field are the same multipart body: the minimum goes on
+# the body (one image in `file` or `files`), not on the array.
+_IMAGES = [
+    {"required": ["file"]},
+    {"required": ["files"], "properties": {"files": {"minItems": 1}}},
+]
 CLASSIFY_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -69,6 +88,8 @@ CLASSIFY_BODY: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "properties": {"file": _BINARY, "files": {"type": "array", "items": _BINARY}},
+                    "anyOf": _IMAGES,
+                    "additionalProperties": False,
                 }
             },
             "image/*": {"schema": _BINARY},
@@ -77,17 +98,86 @@ CLASSIFY_BODY: dict[str, Any] = {
 }
 
 
-def install_openapi(app: FastAPI, swagger_dir: str) -> None:
-    """Schemas of bodies that handlers parse themselves; Swagger UI from `swagger_dir`."""
+@dataclass(frozen=True)
+class ServedShape:
+    """What the loaded models allow, for the bounds the schema states (the widest over the
+    models: one model's values are exact; with several, the route's model decides the rest)."""
+
+    model_names: tuple[str, ...]
+    versions: tuple[str, ...]
+    max_classes: int  # top_k's maximum
+    exit_counts: tuple[int, ...]  # thresholds: K-1, or K with the last 0
+    input_names: tuple[str, ...]  # v2 input tensor names
+    output_names: tuple[str, ...]  # v2 outputs
+    max_images: int  # images per request (ELF_MAX_IMAGES_PER_REQUEST)
+
+
+def narrow(schema: dict[str, Any], shape: ServedShape) -> None:
+    """Bounds that depend on the served models and settings, written into `schema`."""
+    served = {"name": shape.model_names, "model_version": shape.versions}
+    for path in schema["paths"].values():
+        for op in path.values():
+            for param in op.get("parameters", []):
+                if param["in"] == "path" and param["name"] in served:
+                    param["schema"] = param["schema"] | {"enum": list(served[param["name"]])}
+        post = path.get("post", {})
+        for param in post.get("parameters", []):
+            if param["name"] == "top_k":
+                param["schema"]["anyOf"][0]["maximum"] = shape.max_classes
+        form = post.get("requestBody", {}).get("content", {}).get("multipart/form-data")
+        if form is not None:
+            form["schema"]["properties"]["files"]["maxItems"] = shape.max_images
+    defs = schema["components"]["schemas"]
+    tensor = defs["RequestInput"]["properties"]
+    tensor["name"] |= {"enum": list(shape.input_names)}
+    tensor["datatype"] |= {"enum": list(DATATYPES)}
+    defs["RequestOutput"]["properties"]["name"] |= {"enum": list(shape.output_names)}
+    update = schema["components"]["schemas"][ThresholdsUpdate.__name__]["properties"]
+    update["thresholds"] = thresholds_schema(update["thresholds"]["items"], shape.exit_counts)
+
+
+def thresholds_schema(item: dict[str, Any], exit_counts: tuple[int, ...]) -> dict[str, Any]:
+    """K-1 thresholds, or K with the last 0, for each model's number of exits K."""
+    forms: list[dict[str, Any]] = []
+    for k in exit_counts:
+        forms.append({"type": "array", "items": item, "minItems": k - 1, "maxItems": k - 1})
+        forms.append(
+            {
+                "type": "array",
+                "prefixItems": [item] * (k - 1),
+                "items": {"type": "number", "const": 0},
+                "minItems": k,
+                "maxItems": k,
+            }
+        )
+    return {"anyOf": forms, "title": "Thresholds"}
+
+
+def install_openapi(
+    app: FastAPI, swagger_dir: str, served: Callable[[], ServedShape | None]
+) -> None:
+    """Schemas of bodies that handlers parse themselves, bounds of the served models (`served`:
+    None before they are loaded, then the schema is not cached); Swagger UI from `swagger_dir`."""
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            ref = "#/components/schemas/{model}"
-            _, defs = models_json_schema([(InferenceRequest, "validation")], ref_template=ref)
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        # A copy: narrow() writes into it, and the routes' openapi_extra dicts are shared.
+        schema = copy.deepcopy(get_openapi(title=app.title, version=app.version, routes=app.routes))
+        ref = "#/components/schemas/{model}"
+        bodies: list[tuple[type[BaseModel], Literal["validation"]]] = [
+            (InferenceRequest, "validation"),
+            (ThresholdsUpdate, "validation"),
+        ]
+        _, defs = models_json_schema(bodies, ref_template=ref)
+        components = schema.setdefault("components", {})
+        components.setdefault("schemas", {}).update(defs["$defs"])
+        components["securitySchemes"] = {BEARER: {"type": "http", "scheme": "bearer"}}
+        shape = served()
+        if shape is not None:
+            narrow(schema, shape)
             app.openapi_schema = schema
-        return app.openapi_schema
+        return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.mount("/docs/static", StaticFiles(directory=swagger_dir), name="swagger-ui")

@@ -19,6 +19,7 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from server.api.middleware import byte_count
 from server.preprocess import InputError
 from server.schemas.v2 import InferenceRequest, InferenceResponse
 
@@ -32,12 +33,13 @@ async def read_infer_request(request: Request) -> tuple[InferenceRequest, bytes]
     declared = request.headers.get(HEADER_LENGTH)
     size = len(body)
     if declared is not None:
-        if not declared.isdigit() or int(declared) > len(body):
+        count = byte_count(declared)
+        if count is None or count > len(body):
             raise InputError(
                 f"{HEADER_LENGTH}: {declared[:40]!r} is not a byte count within the "
                 f"{len(body)}-byte body"
             )
-        size = int(declared)
+        size = count
     try:
         req = InferenceRequest.model_validate_json(body[:size])
     except ValidationError as exc:

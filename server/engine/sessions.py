@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from elf_core.manifest import Manifest
+from elf_core.manifest import Manifest, ManifestError
 from server.engine.providers import (
     CPU,
     CUDA,
@@ -52,6 +52,24 @@ class StageSessions:
         """Another session of this model (a merge graph) must run where the stages run."""
         available = ort.get_available_providers()
         return check_placement(what, self.choice, available, sess.get_providers(), self.device)
+
+
+def check_graphs(manifest: Manifest, model_dir: Path) -> None:
+    """Every ONNX graph the manifest names loads in ONNX Runtime (CPU, unoptimised: a parse and
+    a type check, not a warm-up); ManifestError naming the file, so that a corrupt graph whose
+    sha256 was rewritten ends start-up in one line like every other model-directory fault."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 4  # the ManifestError says it; ORT's own log would say it twice
+    refs = [*manifest.stages, *([manifest.full_model] if manifest.full_model else [])]
+    for ref in refs:
+        path = model_dir / ref.file
+        try:
+            ort.InferenceSession(str(path), sess_options=opts, providers=[CPU])
+        except Exception as exc:  # ORT raises its own types (InvalidProtobuf, Fail, ...)
+            reason = " ".join(str(exc).split())[:300]
+            raise ManifestError(f"{path}: ONNX Runtime cannot load it ({reason})") from exc
 
 
 def load_stage_sessions(manifest: Manifest, model_dir: Path, settings: Settings) -> StageSessions:

@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.schemas.threshold import Threshold
+
 
 class TopK(BaseModel):
     label: str
@@ -96,7 +98,9 @@ class ThresholdsUpdate(BaseModel):
     """K-1 values (the auxiliary exits) or K values with the last 0."""
 
     model_config = ConfigDict(extra="forbid")
-    thresholds: Annotated[list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_length=1)]
+    # JSON numbers only, the rule of the v2 `threshold` parameter; the count is the model's
+    # (the served schema narrows it per model: server/api/openapi.py).
+    thresholds: Annotated[list[Threshold], Field(min_length=1)]
 
 
 class ThresholdsChanged(BaseModel):

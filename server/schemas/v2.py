@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.schemas.threshold import Threshold
+
 Parameters = dict[str, str | int | float | bool]
-# strict: neither `true` nor "0.5" pass as a number; finite: NaN, inf and 1e309 are refused.
-Threshold = Annotated[float, Field(ge=0.0, le=1.0, strict=True, allow_inf_nan=False)]
 
 
 class ServerMetadata(BaseModel):
@@ -79,7 +79,8 @@ class RequestOutput(BaseModel):
 class InferenceRequest(BaseModel):
     id: str | None = None
     parameters: InferParameters | None = None
-    inputs: list[RequestInput]
+    # The served models take one input tensor (the image batch).
+    inputs: Annotated[list[RequestInput], Field(min_length=1, max_length=1)]
     outputs: list[RequestOutput] | None = None
 
 

@@ -77,3 +77,15 @@ def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     env = {"ELF_MAX_BATCH_SIZE": "8", "ELF_INTRA_OP_THREADS": "1"}
     with live_server(tiny_model_dir, log, ELF_WARMUP_ALL_BATCH_SIZES="false", **env) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def admin_server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """A real elf-serve with the admin endpoint on (ELF_ADMIN_TOKEN); tests may change its
+    thresholds."""
+    log = tmp_path_factory.mktemp("admin") / "serve.log"
+    env = {"ELF_ADMIN_TOKEN": ADMIN_TOKEN, "ELF_WARMUP_ALL_BATCH_SIZES": "false"}
+    with live_server(tiny_model_dir, log, ELF_MAX_BATCH_SIZE="8", **env) as server:
+        yield server

@@ -120,7 +120,7 @@ def test_infer_parameters_threshold_and_exit(client: TestClient, pixels: np.ndar
 @pytest.mark.parametrize(
     ("request_body", "message"),
     [
-        ({"inputs": []}, "exactly one input tensor"),
+        ({"inputs": []}, "body.inputs: List should have at least 1 item"),
         (
             {"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["AA=="]}]},
             "unknown input 'x'",

@@ -3,6 +3,7 @@ before uvicorn starts (the real CLI as a subprocess); the traceback only with --
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -39,6 +40,15 @@ def _drop_last_exit(m: dict[str, Any]) -> None:
     m["exits"].pop()
 
 
+def _corrupt_graph(d: Path) -> None:
+    """stage_1.onnx cut in half after export, its sha256 rewritten to match: the manifest's
+    check passes, ONNX Runtime cannot parse the graph."""
+    stage = d / "stage_1.onnx"
+    stage.write_bytes(stage.read_bytes()[: stage.stat().st_size // 2])
+    digest = hashlib.sha256(stage.read_bytes()).hexdigest()
+    _edit_manifest(lambda m: m["stages"][1].update(sha256=digest))(d)
+
+
 BROKEN: dict[str, tuple[Callable[[Path], object], str]] = {
     "sha256 mismatch": (
         lambda d: (d / "stage_1.onnx").write_bytes((d / "stage_1.onnx").read_bytes() + b"\0"),
@@ -57,6 +67,10 @@ BROKEN: dict[str, tuple[Callable[[Path], object], str]] = {
         r"invalid manifest: .*exits\.0\.threshold",
     ),
     "exits vs stages": (_edit_manifest(_drop_last_exit), r"invalid manifest: .*exit"),
+    "corrupt graph, sha256 updated": (
+        _corrupt_graph,
+        r"stage_1\.onnx: ONNX Runtime cannot load it \(",
+    ),
 }
 
 

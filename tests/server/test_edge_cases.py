@@ -8,6 +8,7 @@ import http.client
 import json
 import signal
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,3 +181,26 @@ def test_sigterm_with_clients_stalled_mid_body_exits_0_without_tracebacks(
     assert "Traceback" not in logs and "CancelledError" not in logs, logs
     assert logs.count("the server shut down while the request body was arriving") == 2
     assert "Application shutdown complete" in logs
+
+
+def test_leaving_docs_while_swagger_ui_streams_logs_no_error(server: LiveServer) -> None:
+    """A browser that leaves /docs before Swagger UI's JavaScript has arrived: the request was
+    whole (a GET), so the hang-up is no 499 and no error: the file stops streaming, nothing
+    is logged."""
+    path = "/docs/static/swagger-ui-bundle.js"
+    before = _count(server, "elf_requests_total", status="200")
+    for how in ("close", "reset", "half-close"):
+        sock = _connect(server)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        if how == "reset":  # SO_LINGER 0: close sends RST
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        elif how == "half-close":
+            sock.shutdown(socket.SHUT_WR)
+            sock.recv(16)
+        sock.close()
+    # Counted once each handler returned (the metrics middleware's finally).
+    _wait_for(lambda: _count(server, "elf_requests_total", status="200") >= before + 3)
+    logs = server.logs()
+    assert (
+        "Traceback" not in logs and "ERROR" not in logs and "response already started" not in logs
+    )

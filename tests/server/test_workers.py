@@ -115,3 +115,39 @@ def test_two_workers_share_thresholds_metrics_and_restart(
         assert classify(server.url, pngs[0])["exit"] == {"index": 0, "count": 3, "threshold": 0.01}
         # A fresh run starts its counters from zero (the multiprocess directory was emptied).
         assert samples(server.url, "elf_images_total") == [({"model": "tiny"}, 1.0)]
+
+
+@pytest.mark.integration
+def test_two_workers_without_a_state_dir_share_a_private_one(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """No ELF_STATE_DIR: elf-serve makes one for the run, every worker follows it (all 40
+    answers after one PUT use the new thresholds), and it is gone after the run."""
+    env = {
+        "ELF_WORKERS": "2",
+        "ELF_ADMIN_TOKEN": ADMIN_TOKEN,
+        "ELF_WARMUP_ALL_BATCH_SIZES": "false",
+        "ELF_MAX_BATCH_SIZE": "8",
+        "ELF_INTRA_OP_THREADS": "1",
+        "TMPDIR": str(tmp_path),  # where the private directory is made
+    }
+    pngs = [png_bytes(p) for p in fixture_pixels(REQUESTS)]
+    with live_server(tiny_model_dir, tmp_path / "serve.log", **env) as server:
+        wait_until(lambda: len(worker_thresholds(server.url)) == 2, 60, "two workers")
+        made = list(tmp_path.glob("elf-state-*"))
+        assert len(made) == 1, made
+        r = httpx.put(
+            f"{server.url}/v1/models/tiny/thresholds",
+            json={"thresholds": NEW},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        assert r.status_code == 200, r.text
+        wait_until(
+            lambda: set(worker_thresholds(server.url).values()) == {NEW[0]}, 5, "propagation"
+        )
+        with ThreadPoolExecutor(4) as pool:  # new connections, spread over both workers
+            results = list(pool.map(lambda p: classify(server.url, p), pngs))
+        assert [res["exit"]["threshold"] for res in results] == [NEW[0]] * REQUESTS
+        assert "share threshold changes through" in server.logs()
+        assert server.terminate() == 0
+    assert not made[0].exists()

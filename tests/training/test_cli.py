@@ -75,7 +75,7 @@ def test_tolerance_arguments_exit_2_with_reason(
 @pytest.mark.integration
 def test_one_epoch_writes_every_output(image_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = tiny_args(image_folder, out, "--epochs", "1", "--method", "elf", "--loss", "ldam")
+    args = tiny_args(image_folder, out, "--epochs", "1", "--method", "multi-exit", "--loss", "ldam")
     proc = subprocess.run(
         [str(ELF_TRAIN), *args], capture_output=True, text=True, timeout=120, check=False
     )

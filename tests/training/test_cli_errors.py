@@ -22,6 +22,11 @@ def _train(*args: str) -> str:
     [
         (["--epochs", "0"], ["epochs, batch_size and eval_batch_size must be >= 1"], 2),
         (["--tau-train", "1.5"], ["tau_train values must lie in [0, 1]"], 2),
+        (
+            ["--method", "elf", "--loss", "ldam"],
+            ["--method elf with --loss ldam is refused", "the final exit collapses"],
+            2,
+        ),
         (["--log-level", "loud"], ["argument --log-level: invalid choice: 'loud'"], 2),
         (["--dataset", "folder"], ["folder data needs --data-root"], 1),
         (["--dataset", "cifar10-lt"], ["cifar10-lt needs --data-root"], 1),
