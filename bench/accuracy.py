@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import pages
+from bench.accuracy_difficulty import measure
 from bench.accuracy_report import write_report
 from bench.accuracy_runs import from_run, load_results, write_result
 
@@ -225,8 +226,9 @@ def report(results_dir: Path, folder: Path) -> int:
 def _sub_parser(name: str, doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m bench accuracy {name}", description=doc)
     _outputs(p)
-    if name == "collect":
+    if name in ("collect", "difficulty"):
         p.add_argument("--runs-dir", type=Path, default=Path("runs/bench-accuracy"))
+    if name == "collect":
         p.add_argument(
             "--train-args",
             default=TRAIN_ARGS,
@@ -244,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["report"]:
         a = _sub_parser("report", "The report from the result files.").parse_args(argv[1:])
+        return report(a.results_dir, a.pages)
+    if argv[:1] == ["difficulty"]:
+        a = _sub_parser("difficulty", "Class difficulty on balanced data.").parse_args(argv[1:])
+        measure(a.runs_dir)
         return report(a.results_dir, a.pages)
     if argv[:1] == ["collect"]:
         doc = "Result files from finished run directories, then the report."

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import pages
+from bench.accuracy_difficulty import section
 
 GROUPS = ("head", "middle", "tail")
 Stat = dict[str, float | int | None]
@@ -201,6 +202,7 @@ def write_report(
           + ("; ".join(hw) if hw else "not recorded (accuracy does not depend on it)") + ".",
           "", intro, "", *_tables_by_order(results, order),
           "Balanced / head / middle / tail, %:", "", *_groups_table(summary), "",
+          *section(),
           "## Tail-protected calibration (`elf-export calibrate --tail-tolerance X`)", "",
           "Same checkpoints, thresholds chosen on validation; 'plain' is the ≤0.5 pt point. Tail",
           "protection keeps the tail third's validation accuracy within X of its best among the",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bench import accuracy
+from bench.accuracy_difficulty import RESULT
 from bench.accuracy_report import summarize
 from bench.accuracy_runs import SCHEMA, load_results
 from tests.elf_core.test_tail_protection import COUNTS, _problem
@@ -132,3 +133,13 @@ def test_a_foreign_file_in_the_results_dir_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "elf-bs-s0.json").write_text('{"row": "elf-bs"}')
     with pytest.raises(ValueError, match="not a result file"):
         load_results(tmp_path)
+
+
+def test_hard_order_is_the_measured_difficulty_and_trains_on_it() -> None:
+    measured = json.loads(RESULT.read_text())
+    order = measured["easiest_to_hardest"]
+    assert " ".join(map(str, order)) == accuracy.HARD_ORDER
+    recall = measured["val_recall"]
+    assert [recall[c] for c in order] == sorted(recall, reverse=True)
+    for row, args in accuracy.HARD_ROWS.items():
+        assert row.endswith("-hard") and args.endswith(f"--class-order {accuracy.HARD_ORDER}")
