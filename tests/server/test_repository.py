@@ -192,10 +192,11 @@ def test_several_versions_served_with_the_version_in_route_and_metrics(
     env = {**SERVE_ENV, "ELF_MODEL_VERSIONS": "2"}
     with live_server(root, tmp_path / "serve.log", **env) as server:
         assert httpx.get(f"{server.url}/v2/models/tiny").json()["versions"] == ["1", "2"]
-        for v in ("1", "2"):
-            r = infer(server, version=v)
-            assert r.json()["model_version"] == v
-            np.testing.assert_allclose(answered_probs(r), final_probs(root / "tiny" / v), rtol=1e-5)
+        for served in ("1", "2"):
+            r = infer(server, version=served)
+            assert r.json()["model_version"] == served
+            want = final_probs(root / "tiny" / served)
+            np.testing.assert_allclose(answered_probs(r), want, rtol=1e-5)
         assert infer(server).json()["model_version"] == "2"  # the newest
         v1 = httpx.post(f"{server.url}/v1/classify?exit=final", files={"file": PNG}).json()
         assert v1["version"] == "2"
