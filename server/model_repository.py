@@ -103,11 +103,11 @@ def read_repository(root: Path) -> RepositoryContents:
     """The repository now; ManifestError only when `root` does not exist."""
     out = RepositoryContents()
     for directory, place in model_dirs(root):
-        name = place[0] if place is not None else directory.name
+        name = place[0] if place is not None else directory.name  # until the manifest says
         try:
             manifest = load_manifest(directory, verify=False)
-            name = manifest.name
-            entry = VersionDir(name, manifest.version, directory, fingerprint(directory))
+            name = manifest.name if place is None else name  # a misplaced one blocks its place
+            entry = VersionDir(manifest.name, manifest.version, directory, fingerprint(directory))
             _check_place(entry, place, out)
         except (ManifestError, OSError) as exc:
             message = " ".join(str(exc).split())

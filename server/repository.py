@@ -119,17 +119,29 @@ class Repository:
 
     def load(self, name: str) -> list[str]:
         """Serve the newest versions of `name` in the repository; the versions served after."""
+        self._one_worker("load")
         with self._changes:
             return self._load(name, self.read())
 
     def unload(self, name: str) -> None:
         """Stop serving `name` (every version); its requests in flight are answered first."""
+        self._one_worker("unload")
         with self._changes:
             if name not in self.registry.models and name not in self.read().names():
                 raise UnknownModelError(f"unknown model {name!r}: not served, not in {self.root}")
             self._unloaded.add(name)
             self._retire(self.registry.replace(name, {}))
             log.info("%s: unloaded", name)
+
+    def _one_worker(self, call: str) -> None:
+        """Each worker holds its models: a call that one worker answers cannot change them all."""
+        n = self.settings.workers
+        if n > 1:
+            raise InputError(
+                f"{call}: with {n} workers (ELF_WORKERS) each holds its own models; change the "
+                "repository and let every worker follow it (ELF_REPOSITORY_POLL_S)",
+                reason="bad_request",
+            )
 
     # ---- loading ----
 
