@@ -172,7 +172,17 @@ class Repository:
             start_controller(model, self.settings, self.metrics, self.requests)
             log.info("serving %s %s on %s", name, model.version, model.providers)
         self._retire(retired)
+        self._drop_gauges(name, [])
         return self.registry.versions(name)
+
+    def _drop_gauges(self, name: str, dropped: list[ServedModel]) -> None:
+        """Gauges of versions loaded and not served go; the thresholds shown are the newest's."""
+        served = self.registry.versions(name)
+        for model in dropped:
+            if model.version not in served:
+                self.metrics.forget_version(name, model.version, ",".join(model.providers))
+        if served:
+            self.metrics.set_thresholds(name, self.registry.get(name).thresholds)
 
     def _load_versions(self, name: str, dirs: list[VersionDir]) -> dict[str, ServedModel]:
         """Load and warm each; all or nothing (InputError naming the directory that failed)."""
@@ -185,6 +195,7 @@ class Repository:
                 message = f"{d.directory}: {_one_line(exc)}"
                 log.warning("%s version %s not loaded: %s", name, d.version, message)
                 self._failed[name] = message
+                self._drop_gauges(name, list(loaded.values()))  # what load_model published
                 raise InputError(self._refusal(name, message), reason="load_failed") from None
             finally:
                 self._loading.discard((name, d.version))
@@ -222,8 +233,7 @@ class Repository:
             if not self.registry.drain(model, timeout_s):
                 log.warning("%s %s: still held after %s s", model.name, model.version, timeout_s)
             stop_model(model, timeout_s)
-            if model.version not in self.registry.versions(model.name):
-                self.metrics.forget_version(model.name, model.version, ",".join(model.providers))
+            self._drop_gauges(model.name, [model])
             log.info("%s %s: drained and stopped", model.name, model.version)
 
     # ---- poll mode ----
