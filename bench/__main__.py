@@ -19,6 +19,8 @@ BENCHMARKS = {
                "per-stage trace of the batcher (`--twice`, `--trace`, `report`)"),
     "http": ("bench.http", "elf-serve over HTTP (wrk) against LitServe, KServe, Ray Serve and "
              "plain FastAPI (`report`)"),
+    "protocols": ("bench.protocols", "gRPC against HTTP (binary, JSON) with tritonclient, and "
+                  "the latency cost of a version swap (`report`)"),
     "retrofit": ("bench.retrofit", "early exits added to existing ONNX classifiers "
                  "(`heavy`, `fmnist`, `report`)"),
     "gpu": ("bench.gpu_smoke", "the CUDA path checked and timed once (bench/GPU.md)"),

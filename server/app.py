@@ -13,13 +13,15 @@ from starlette.concurrency import run_in_threadpool
 
 from server.adaptive import start_controller
 from server.api import admin, v1, v2
+from server.api import repository as repository_api
 from server.api.errors import install_error_handlers
 from server.api.load import AdmissionMiddleware
 from server.api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from server.api.openapi import ServedShape, install_openapi
 from server.inflight import RequestMonitor
 from server.metrics import Metrics
-from server.registry import load_models
+from server.registry import ModelRegistry, load_models
+from server.repository import Repository
 from server.settings import Settings
 from server.shared_state import ThresholdStore, follow_overrides
 from server.state import AppState
@@ -48,19 +50,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Readiness only after every stage of every model ran at every batch size.
-        state.registry = await run_in_threadpool(load_models, settings, state.metrics)
+        repository = await run_in_threadpool(_open_repository, state, requests)
         if settings.state_dir is not None:
-            state.store = ThresholdStore(settings.state_dir)
-            follow_overrides(state.store, state.registry, state.metrics)
-        for model in state.registry.models.values():
+            state.store = repository.store = ThresholdStore(settings.state_dir)
+            follow_overrides(state.store, state.models, state.metrics)
+        for model in state.models.all_models():
             start_controller(model, settings, state.metrics, requests)
         grpc_server = await _start_grpc(state, requests)
+        repository.start_polling()
         state.ready = True
         try:
             yield
         finally:
             # uvicorn has already let in-flight requests finish; answer whatever is still queued.
             state.ready = False
+            repository.stop()
             if grpc_server is not None:  # no new calls; those in flight finish first
                 await grpc_server.stop(settings.request_timeout_s)
             if state.store is not None:
@@ -78,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1.router)
     app.include_router(admin.router)
     app.include_router(v2.router)
+    app.include_router(repository_api.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -97,6 +102,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last, so outermost: it times and counts every response.
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     return app
+
+
+def _open_repository(state: AppState, requests: RequestMonitor | None) -> Repository:
+    """Load every model of ELF_MODEL_DIR (a failure stops the start), then open the repository
+    that loads and unloads models while serving (server/repository.py)."""
+    settings = state.settings
+    registry = ModelRegistry(settings.default_model)
+    repository = Repository(settings, state.metrics, registry, requests)
+    repository.seen_now()  # before the load: the poll then acts on changes from here on
+    load_models(settings, state.metrics, registry)
+    state.registry, state.repository = registry, repository
+    return repository
 
 
 async def _start_grpc(state: AppState, requests: RequestMonitor | None) -> Any:

@@ -102,20 +102,24 @@ class Metrics:
             ["route", "status", "protocol"],
             registry=r,
         )
-        self.images = Counter("elf_images", "Images answered", ["model"], registry=r)
+        # version: the model version that answered (several may be served, server/repository.py).
+        self.images = Counter("elf_images", "Images answered", ["model", "version"], registry=r)
         self.exits = Counter(
-            "elf_exits", "Images answered per exit taken", ["model", "exit"], registry=r
+            "elf_exits",
+            "Images answered per exit taken",
+            ["model", "version", "exit"],
+            registry=r,
         )
         self.flops_executed = Counter(
             "elf_flops_executed",
             "FLOPs executed for answered images (2 x MACs)",
-            ["model"],
+            ["model", "version"],
             registry=r,
         )
         self.flops_full = Counter(
             "elf_flops_full",
             "FLOPs the full backbone would have spent on the same images",
-            ["model"],
+            ["model", "version"],
             registry=r,
         )
         self.request_duration = Histogram(
@@ -149,7 +153,7 @@ class Metrics:
         self.queue_depth = Gauge(
             "elf_queue_depth",
             "Images waiting in the batcher (all stages)",
-            ["model"],
+            ["model", "version"],
             registry=r,
             multiprocess_mode="livesum",
         )
@@ -263,14 +267,25 @@ class Metrics:
             self.exit_threshold.labels(model=model, exit=str(k)).set(t)
 
     def record_answers(
-        self, model: str, exits: Sequence[int], flops_executed: int, flops_full: int
+        self, model: str, version: str, exits: Sequence[int], flops_executed: int, flops_full: int
     ) -> None:
         """Count images answered with 200, so that exits summed == images served."""
-        self.child(self.images, model).inc(len(exits))
+        self.child(self.images, model, version).inc(len(exits))
         for k in exits:
-            self.child(self.exits, model, str(k)).inc()
-        self.child(self.flops_executed, model).inc(flops_executed)
-        self.child(self.flops_full, model).inc(flops_full)
+            self.child(self.exits, model, version, str(k)).inc()
+        self.child(self.flops_executed, model, version).inc(flops_executed)
+        self.child(self.flops_full, model, version).inc(flops_full)
+
+    def forget_version(self, model: str, version: str, providers: str) -> None:
+        """A model version was unloaded: its gauges go (0 first: in multiprocess mode the
+        worker's file keeps the last value)."""
+        for metric, values in (
+            (self.model_info, (model, version, providers)),
+            (self.queue_depth, (model, version)),
+        ):
+            metric.labels(*values).set(0)
+            metric.remove(*values)
+            self._children.pop((id(metric), values), None)
 
     def render(self) -> tuple[bytes, str]:
         """This app's registry, or every worker's values in multiprocess mode."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from server.api.v2_binary import binary_inputs, bytes_elements, fp32_tensor
 from server.preprocess import InputError, tensor_input
-from server.registry import ServedModel, UnknownModelError
+from server.registry import ServedModel
 from server.schemas.v2 import (
     InferenceRequest,
     InferenceResponse,
@@ -45,22 +45,18 @@ def server_version() -> str:
 
 
 def served_model(state: AppState, name: str, model_version: str | None) -> ServedModel:
-    """The model `name`; with a version, only if it is the one served (else 404)."""
-    model = state.models.get(name)
-    if model_version is not None and model_version != model.manifest.version:
-        raise UnknownModelError(
-            f"model {name!r} has version {model.manifest.version!r}, not {model_version!r}"
-        )
-    return model
+    """The model `name` at `model_version`, or its newest served version (else 404)."""
+    return state.models.get(name, model_version)
 
 
-def model_metadata(model: ServedModel) -> ModelMetadata:
+def model_metadata(model: ServedModel, versions: list[str]) -> ModelMetadata:
+    """`versions`: the name's served versions (the protocol lists them all)."""
     pre, c = model.manifest.preprocessing, len(model.manifest.class_names)
     shapes = {"probabilities": [-1, c]}
     types = {"label": "BYTES", "confidence": "FP32", "probabilities": "FP32"}
     return ModelMetadata(
         name=model.name,
-        versions=[model.manifest.version],
+        versions=versions,
         platform="onnxruntime_onnx",
         inputs=[
             TensorMetadata(

@@ -1,10 +1,14 @@
-"""The models a server holds: found under ELF_MODEL_DIR, loaded through the manifest, warmed up."""
+"""The models a server holds, by name and version: found under ELF_MODEL_DIR
+(server/model_repository.py), loaded through the manifest, warmed up; the registry that requests
+read them from, and that a load or unload (server/repository.py) changes one name at a time."""
 
 from __future__ import annotations
 
 import json
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -13,7 +17,6 @@ import numpy as np
 
 from elf_core.exits import check_thresholds, exit_thresholds
 from elf_core.manifest import (
-    MANIFEST_FILE,
     Agreement,
     Manifest,
     ManifestError,
@@ -27,6 +30,7 @@ from server.batching.controller import ControllerThread
 from server.engine.runner import OnnxStageRunner
 from server.engine.sessions import load_stage_sessions
 from server.metrics import Metrics
+from server.model_repository import newest, read_repository, version_key
 from server.preprocess import InputError
 from server.settings import Settings
 
@@ -50,11 +54,17 @@ class ServedModel:
     agreement: Agreement | None = None  # agreement.json: expected agreement per exit
     controller: ControllerThread | None = None  # ELF_LATENCY_TARGET_MS (server/adaptive.py)
     batch_cap: BatchCap | None = None  # the batcher's cap on rows per batch (ELF_BATCH_CAP)
+    fingerprint: str = ""  # of its directory when it was loaded (server/model_repository.py)
+    leases: int = 0  # requests that hold it (ModelRegistry.lease): it drains to 0 before it stops
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def name(self) -> str:
         return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
 
     @property
     def num_exits(self) -> int:
@@ -92,36 +102,97 @@ class ServedModel:
         return old
 
 
-@dataclass
-class ModelRegistry:
-    models: dict[str, ServedModel]
-    default: str
+Versions = dict[str, ServedModel]  # version -> model, of one name
 
-    def get(self, name: str | None = None) -> ServedModel:
+
+class ModelRegistry:
+    """The models served now: every name's versions, the newest of each, and the requests that
+    hold each model. A change replaces one name's versions whole, under the lock: a reader sees
+    the versions before or after it, never a mix, and never a model that is not warm."""
+
+    def __init__(self, default: str | None = None) -> None:
+        self.default_name = default  # ELF_DEFAULT_MODEL; None: the first name in order
+        self._cond = threading.Condition()
+        # (name -> versions, name -> newest version's model): replaced whole, never changed.
+        self._now: tuple[dict[str, Versions], dict[str, ServedModel]] = ({}, {})
+
+    @property
+    def models(self) -> dict[str, ServedModel]:
+        """The newest served version of each name."""
+        return self._now[1]
+
+    @property
+    def default(self) -> str:
+        names = sorted(self._now[0])
+        return self.default_name or (names[0] if names else "")
+
+    def versions(self, name: str) -> list[str]:
+        """The served versions of `name`, oldest first ([] when it is not served)."""
+        return sorted(self._now[0].get(name, {}), key=version_key)
+
+    def get(self, name: str | None = None, version: str | None = None) -> ServedModel:
+        """The model `name` (None: the default) at `version` (None: the newest served)."""
+        versions, latest = self._now
         key = self.default if name is None else name
+        if key not in latest:
+            known = ", ".join(sorted(latest)) or "none"
+            raise UnknownModelError(f"unknown model {key!r} (served: {known})")
+        if version is None:
+            return latest[key]
         try:
-            return self.models[key]
+            return versions[key][version]
         except KeyError:
-            known = ", ".join(sorted(self.models))
-            raise UnknownModelError(f"unknown model {key!r} (served: {known})") from None
+            served = ", ".join(self.versions(key))
+            raise UnknownModelError(
+                f"model {key!r} has no version {version!r} served (served: {served})"
+            ) from None
+
+    @contextmanager
+    def lease(self, name: str | None, version: str | None = None) -> Iterator[ServedModel]:
+        """`get`, holding the model for the request's whole life: a model replaced meanwhile
+        stops only after every request that holds it has been answered."""
+        with self._cond:
+            model = self.get(name, version)
+            model.leases += 1
+        try:
+            yield model
+        finally:
+            with self._cond:
+                model.leases -= 1
+                if model.leases == 0:
+                    self._cond.notify_all()
+
+    def replace(self, name: str, versions: Versions) -> list[ServedModel]:
+        """Serve `versions` of `name` from now on ({}: none); return the models it no longer
+        serves (to drain, then stop)."""
+        with self._cond:
+            now, latest = dict(self._now[0]), dict(self._now[1])
+            before = now.pop(name, {})
+            latest.pop(name, None)
+            if versions:
+                now[name] = dict(versions)
+                latest[name] = versions[max(versions, key=version_key)]
+            self._now = (now, latest)
+        kept = {id(m) for m in versions.values()}
+        return [m for m in before.values() if id(m) not in kept]
+
+    def drain(self, model: ServedModel, timeout_s: float) -> bool:
+        """Wait until no request holds `model` (no new one can once it is replaced)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: model.leases == 0, timeout_s)
+
+    def all_models(self) -> list[ServedModel]:
+        return [m for versions in self._now[0].values() for m in versions.values()]
 
     def stop(self, timeout_s: float | None = None) -> None:
-        for model in self.models.values():
-            if model.controller is not None:
-                model.controller.stop()
-            model.batcher.stop(timeout_s)
+        for model in self.all_models():
+            stop_model(model, timeout_s)
 
 
-def find_model_dirs(root: Path) -> list[Path]:
-    """`root` itself when it holds a manifest, else its sub-directories that do."""
-    if (root / MANIFEST_FILE).is_file():
-        return [root]
-    if not root.is_dir():
-        raise ManifestError(f"{root}: model directory does not exist")
-    dirs = sorted(p for p in root.iterdir() if (p / MANIFEST_FILE).is_file())
-    if not dirs:
-        raise ManifestError(f"{root}: no {MANIFEST_FILE} here or in any sub-directory")
-    return dirs
+def stop_model(model: ServedModel, timeout_s: float | None = None) -> None:
+    if model.controller is not None:
+        model.controller.stop()
+    model.batcher.stop(timeout_s)
 
 
 def load_curve(model_dir: Path, manifest: Manifest) -> Any | None:
@@ -167,6 +238,7 @@ def load_model(
         max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
         max_queue_size=settings.max_queue_size,
         model=manifest.name,
+        version=manifest.version,
         metrics=metrics,
         audit=audit,
         scheduling=settings.scheduling,
@@ -190,28 +262,42 @@ def load_model(
     return model
 
 
-def find_manifests(settings: Settings) -> dict[str, tuple[Path, Manifest]]:
-    """Every model's directory and checked manifest (files and sha256 too), by model name."""
-    found: dict[str, tuple[Path, Manifest]] = {}
-    for d in find_model_dirs(settings.model_dir):
-        manifest = load_manifest(d)
-        if manifest.name in found:
-            other = found[manifest.name][0]
-            raise ManifestError(f"{d}: model name {manifest.name!r} is also used by {other}")
-        found[manifest.name] = (d, manifest)
+Found = dict[str, dict[str, tuple[Path, str, Manifest]]]  # name -> version -> (dir, fp, manifest)
+
+
+def find_manifests(settings: Settings) -> Found:
+    """What the server starts with: the newest ELF_MODEL_VERSIONS versions of every model in the
+    repository, their manifests checked (files and sha256 too). A directory that cannot be
+    served stops the start (ManifestError, naming it)."""
+    root = settings.model_dir
+    contents = read_repository(root)
+    if not contents.names():
+        raise ManifestError(f"{root}: no manifest.json here or in any sub-directory")
+    for broken in contents.broken.values():
+        raise ManifestError(broken[0].message)
+    found: Found = {}
+    for name, versions in sorted(contents.versions.items()):
+        for v in newest(versions, settings.model_versions):
+            d = versions[v]
+            found.setdefault(name, {})[v] = (d.directory, d.fingerprint, load_manifest(d.directory))
     default = settings.default_model or sorted(found)[0]
     if default not in found:
         raise ManifestError(f"ELF_DEFAULT_MODEL={default!r} is not among {sorted(found)}")
     return found
 
 
-def load_models(settings: Settings, metrics: Metrics) -> ModelRegistry:
-    """Load, check and warm every model, then start their batchers."""
-    models = {
-        name: load_model(d, manifest, settings, metrics)
-        for name, (d, manifest) in find_manifests(settings).items()
-    }
-    for model in models.values():
-        model.batcher.start()
-        log.info("serving %s %s on %s", model.name, model.manifest.version, model.providers)
-    return ModelRegistry(models, settings.default_model or sorted(models)[0])
+def load_models(
+    settings: Settings, metrics: Metrics, registry: ModelRegistry | None = None
+) -> ModelRegistry:
+    """Load, check and warm every model, then start their batchers (into `registry`)."""
+    registry = registry if registry is not None else ModelRegistry(settings.default_model)
+    for name, versions in find_manifests(settings).items():
+        loaded = {}
+        for v, (d, fp, manifest) in versions.items():
+            loaded[v] = load_model(d, manifest, settings, metrics)
+            loaded[v].fingerprint = fp
+        for model in loaded.values():
+            model.batcher.start()
+            log.info("serving %s %s on %s", model.name, model.version, model.providers)
+        registry.replace(name, loaded)
+    return registry

@@ -91,6 +91,7 @@ async def classify(
     ]
     state.metrics.record_answers(
         model.name,
+        model.version,
         [a.exit_index for a in answers],
         sum(a.flops_executed for a in answers),
         model.manifest.flops_full * len(answers),

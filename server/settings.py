@@ -28,8 +28,15 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ELF_", frozen=True, extra="forbid")
 
-    # One model directory (holding manifest.json), or a root whose sub-directories are models.
+    # One model directory (holding manifest.json), or a repository root: model directories
+    # under it, and versions in <root>/<name>/<version>/ (docs/serving/repository.md).
     model_dir: Path = Path("models/fashion-mnist-lt")
+    # Versions of each model served at once: the newest N in the repository; a newer one that
+    # loads replaces the oldest, which drains and is unloaded.
+    model_versions: PositiveInt = 1
+    # Seconds between two reads of the repository that load new or changed model directories
+    # (and unload removed ones); unset = off: loads only at start and through the API.
+    repository_poll_s: Annotated[float, Field(gt=0.0)] | None = None
     # Name (manifest `name`) of the model behind /v1/classify; default: the first in name order.
     default_model: str | None = None
     # auto: CUDA when onnxruntime offers it, else CPU; cuda: fail unless CUDA is active.
@@ -96,7 +103,8 @@ class Settings(BaseSettings):
     # Total encoded bytes of a request above which decoding leaves the event loop.
     decode_inline_bytes: Annotated[int, Field(ge=0)] = 64 * 1024
 
-    # Bearer token for PUT /v1/models/{name}/thresholds; unset = the endpoint is disabled.
+    # Bearer token for PUT /v1/models/{name}/thresholds and the repository's load, unload and
+    # index calls (HTTP and gRPC); unset = those are disabled.
     admin_token: SecretStr | None = None
 
     # ONNX Runtime threads per stage session; 0 = the CPUs this process may use / workers.

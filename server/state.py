@@ -8,6 +8,7 @@ from fastapi import Request
 
 from server.metrics import Metrics
 from server.registry import ModelRegistry
+from server.repository import Repository
 from server.settings import Settings
 from server.shared_state import ThresholdStore
 
@@ -19,6 +20,13 @@ class AppState:
     registry: ModelRegistry | None = None
     ready: bool = False  # models loaded and warmed, not shutting down
     store: ThresholdStore | None = None  # ELF_STATE_DIR's overrides, when set
+    repository: Repository | None = None  # loads and unloads while serving
+
+    @property
+    def repo(self) -> Repository:
+        if self.repository is None:
+            raise RuntimeError("the repository is not open (the app's lifespan has not run)")
+        return self.repository
 
     @property
     def models(self) -> ModelRegistry:

@@ -30,12 +30,14 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 def require_admin(request: Request, state: AppState) -> None:
     """404 when disabled, 401 without a well-formed bearer token, 403 with a wrong one."""
+    check_admin(request.headers.get("authorization"), state, "threshold updates")
+
+
+def check_admin(auth: str | None, state: AppState, what: str) -> None:
+    """The Authorization header's (or gRPC metadata's) bearer token against ELF_ADMIN_TOKEN."""
     token = state.settings.admin_token
     if token is None or not token.get_secret_value():
-        raise ApiError(
-            404, "threshold updates are disabled (ELF_ADMIN_TOKEN is not set)", "admin_disabled"
-        )
-    auth = request.headers.get("authorization")
+        raise ApiError(404, f"{what} are disabled (ELF_ADMIN_TOKEN is not set)", "admin_disabled")
     if auth is None:
         raise ApiError(401, "missing Authorization: Bearer <token>", "unauthorized", _CHALLENGE)
     scheme, _, given = auth.strip().partition(" ")

@@ -101,13 +101,13 @@ async def _classify(
 ) -> dict[str, Any]:
     """A `ClassifyResponse` as a dict (tests/server check it validates against the model)."""
     start = time.perf_counter()
-    model = state.models.get(name)
-    num_classes = len(model.manifest.class_names)
-    if q.top_k is not None and q.top_k > num_classes:
-        raise InputError(f"top_k={q.top_k} but {model.name} has {num_classes} classes", 422)
-    images = await read_images(request, state.settings)
-    arrays = await decode(images, model, state.settings)
-    answers = await classify(state, model, arrays, q.threshold, q.mode)
+    with state.models.lease(name) as model:  # the newest version, held until answered
+        num_classes = len(model.manifest.class_names)
+        if q.top_k is not None and q.top_k > num_classes:
+            raise InputError(f"top_k={q.top_k} but {model.name} has {num_classes} classes", 422)
+        images = await read_images(request, state.settings)
+        arrays = await decode(images, model, state.settings)
+        answers = await classify(state, model, arrays, q.threshold, q.mode)
     total_ms = (time.perf_counter() - start) * 1e3
     k = q.top_k or min(5, num_classes)
     results = [

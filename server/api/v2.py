@@ -51,7 +51,8 @@ async def ready(state: StateDep) -> JSONResponse:
 async def model_metadata(
     name: str, state: StateDep, model_version: str | None = None
 ) -> ModelMetadata:
-    return oip.model_metadata(served_model(state, name, model_version))
+    model = served_model(state, name, model_version)
+    return oip.model_metadata(model, state.models.versions(model.name))
 
 
 @router.get("/models/{name}/ready", response_model=ModelReady)
@@ -76,7 +77,7 @@ async def infer(
     name: str, request: Request, state: StateDep, model_version: str | None = None
 ) -> Response:
     start = time.perf_counter()
-    model = served_model(state, name, model_version)
-    req, tail = await read_infer_request(request)
-    response, binary = await oip.infer(state, model, req, tail, start)
+    with state.models.lease(name, model_version) as model:  # held until answered
+        req, tail = await read_infer_request(request)
+        response, binary = await oip.infer(state, model, req, tail, start)
     return infer_response(response, binary)

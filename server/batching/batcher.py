@@ -73,6 +73,7 @@ class Batcher:
         max_queue_delay_s: float,
         max_queue_size: int,
         model: str = "model",
+        version: str = "",
         metrics: Metrics | None = None,
         audit: Auditor | None = None,
         scheduling: Policy = "age-aware",
@@ -86,6 +87,7 @@ class Batcher:
         self.delay = max_queue_delay_s
         self.max_queue_size = max_queue_size
         self.model = model
+        self.version = version  # a label of elf_queue_depth
         self.metrics = metrics
         self._cond = threading.Condition()
         self._queues: list[deque[Any]] = [deque() for _ in range(self.num_stages)]
@@ -351,7 +353,7 @@ class Batcher:
     def _set_depth(self) -> None:
         m = self.metrics
         if m is not None:
-            m.child(m.queue_depth, self.model).set(sum(self._queued))
+            m.child(m.queue_depth, self.model, self.version).set(sum(self._queued))
 
     def _observe(self, k: int, batch: int, seconds: float) -> None:
         if self.delays is not None:

@@ -1,6 +1,8 @@
 """`inference.GRPCInferenceService` on the app's state: the health, metadata and infer calls
 of the Open Inference Protocol (KServe v2), answered by the same data plane as HTTP
-(server/open_inference.py). Calls not implemented here answer UNIMPLEMENTED."""
+(server/open_inference.py), and the model repository calls (server/repository.py; metadata
+`authorization: Bearer <ELF_ADMIN_TOKEN>`, as HTTP's header). Calls not implemented here answer
+UNIMPLEMENTED."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any, TypeVar
 import grpc
 
 from server import open_inference as oip
+from server.api.admin import check_admin
 from server.api.errors import ApiError
 from server.api.load import overloaded_message
 from server.grpc import wire
@@ -20,6 +23,7 @@ from server.grpc.errors import Refusal, refusal
 from server.grpc.proto import grpc_service_pb2 as pb
 from server.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 from server.inflight import RequestMonitor
+from server.repository import check_parameters
 from server.state import AppState
 
 SERVICE = "/inference.GRPCInferenceService/"
@@ -99,7 +103,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelMetadataRequest, ctx: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
         model = oip.served_model(self.state, request.name, request.version or None)
-        return wire.metadata_response(oip.model_metadata(model))
+        versions = self.state.models.versions(model.name)
+        return wire.metadata_response(oip.model_metadata(model, versions))
 
     @rpc
     async def ModelInfer(
@@ -112,10 +117,49 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 raise ApiError(503, overloaded_message(self.requests.limit), "overloaded")
         try:
             start = time.perf_counter()
-            model = oip.served_model(self.state, request.model_name, request.model_version or None)
-            req, tail = wire.infer_request(request)
-            response, _ = await oip.infer(self.state, model, req, tail, start)
+            version = request.model_version or None
+            with self.state.models.lease(request.model_name, version) as model:
+                req, tail = wire.infer_request(request)
+                response, _ = await oip.infer(self.state, model, req, tail, start)
             return wire.infer_response(response)
         finally:
             if token is not None and self.requests is not None:
                 self.requests.done(token)
+
+    def _admin(self, ctx: grpc.aio.ServicerContext) -> None:
+        metadata = dict(ctx.invocation_metadata() or ())
+        auth = metadata.get("authorization")
+        check_admin(auth if isinstance(auth, str) else None, self.state, "model repository calls")
+
+    @rpc
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, ctx: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        self._admin(ctx)
+        entries = await asyncio.to_thread(self.state.repo.index, request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=e.name, version=e.version, state=e.state, reason=e.reason
+                )
+                for e in entries
+            ]
+        )
+
+    @rpc
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, ctx: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        self._admin(ctx)
+        check_parameters("load", request.parameters.keys())
+        await asyncio.to_thread(self.state.repo.load, request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @rpc
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, ctx: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        self._admin(ctx)
+        check_parameters("unload", request.parameters.keys())
+        await asyncio.to_thread(self.state.repo.unload, request.model_name)
+        return pb.RepositoryModelUnloadResponse()

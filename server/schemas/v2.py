@@ -98,3 +98,24 @@ class InferenceResponse(BaseModel):
     id: str
     parameters: Parameters | None = None
     outputs: list[ResponseOutput]
+
+
+class RepositoryIndexRequest(BaseModel):
+    """Triton's model repository extension; an empty body is `{}`."""
+
+    repository_name: str = ""
+    ready: bool = Field(False, description="only the versions ready for inference")
+
+
+class RepositoryIndexEntry(BaseModel):
+    name: str
+    version: str
+    state: Literal["READY", "LOADING", "UNAVAILABLE"]
+    reason: str
+
+
+class RepositoryModelRequest(BaseModel):
+    """load / unload: `parameters` of Triton's request (config and files are refused)."""
+
+    repository_name: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)

@@ -296,7 +296,7 @@ def test_metrics_see_every_stage_batch() -> None:
     assert get("elf_batch_size_sum", {"model": "m", "stage": "1"}) == 1
     assert get("elf_stage_duration_seconds_count", {"model": "m", "stage": "1"}) == 1
     assert get("elf_queue_duration_seconds_count", {"model": "m"}) == 2
-    assert get("elf_queue_depth", {"model": "m"}) == 0
+    assert get("elf_queue_depth", {"model": "m", "version": ""}) == 0
 
 
 def test_one_request_future_gathers_rows_answered_in_different_batches() -> None:

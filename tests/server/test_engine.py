@@ -17,7 +17,8 @@ from server.engine.onnx_bytes import merge_rows_model
 from server.engine.runner import OnnxStageRunner
 from server.engine.sessions import EngineError, load_stage_sessions
 from server.metrics import Metrics
-from server.registry import find_model_dirs, load_models
+from server.model_repository import model_dirs
+from server.registry import load_models
 from tests.server.conftest import make_settings
 from tests.server.tiny_model import build_tiny_model, normalise
 
@@ -181,11 +182,11 @@ def test_graph_names_must_match_the_manifest(tiny_model_dir: Path, tmp_path: Pat
 
 
 def test_model_discovery(tiny_model_dir: Path, tmp_path: Path) -> None:
-    assert find_model_dirs(tiny_model_dir) == [tiny_model_dir]
+    assert model_dirs(tiny_model_dir) == [(tiny_model_dir, None)]
     with pytest.raises(ManifestError, match="does not exist"):
-        find_model_dirs(tmp_path / "missing")
+        model_dirs(tmp_path / "missing")
     with pytest.raises(ManifestError, match=r"no manifest\.json"):
-        find_model_dirs(tmp_path)
+        load_models(make_settings(tmp_path), Metrics())
     build_tiny_model(tmp_path / "one", name="same")
     build_tiny_model(tmp_path / "two", name="same")
     with pytest.raises(ManifestError, match="'same' is also used by"):

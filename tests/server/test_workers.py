@@ -102,7 +102,7 @@ def test_two_workers_share_thresholds_metrics_and_restart(
             {"index": 0, "count": 3, "threshold": NEW[0]}
         ] * REQUESTS
         images = samples(server.url, "elf_images_total")
-        assert images == [({"model": "tiny"}, float(REQUESTS))]
+        assert images == [({"model": "tiny", "version": "0.0.1-test"}, float(REQUESTS))]
         exits = {lab["exit"]: v for lab, v in samples(server.url, "elf_exits_total")}
         assert exits == {"0": float(REQUESTS)}
         on_disk = (state / "thresholds.json").read_text()
@@ -114,7 +114,9 @@ def test_two_workers_share_thresholds_metrics_and_restart(
         assert detail["thresholds"] == [*NEW, 0.0]
         assert classify(server.url, pngs[0])["exit"] == {"index": 0, "count": 3, "threshold": 0.01}
         # A fresh run starts its counters from zero (the multiprocess directory was emptied).
-        assert samples(server.url, "elf_images_total") == [({"model": "tiny"}, 1.0)]
+        assert samples(server.url, "elf_images_total") == [
+            ({"model": "tiny", "version": "0.0.1-test"}, 1.0)
+        ]
 
 
 @pytest.mark.integration

@@ -180,7 +180,9 @@ def _between(conf: np.ndarray, q: float) -> float:
     return float((s[i - 1] + s[i]) / 2)
 
 
-def build_tiny_model(model_dir: Path, name: str = "tiny", seed: int = 0) -> Path:
+def build_tiny_model(
+    model_dir: Path, name: str = "tiny", seed: int = 0, version: str = "0.0.1-test"
+) -> Path:
     model_dir.mkdir(parents=True, exist_ok=True)
     write_graphs(model_dir, seed)
     probs = stage_probs(model_dir, normalise(fixture_pixels(64)))
@@ -210,7 +212,7 @@ def build_tiny_model(model_dir: Path, name: str = "tiny", seed: int = 0) -> Path
     point = CalibrationPoint(thresholds=thresholds, balanced_accuracy=0.5, flops_ratio=0.6)
     manifest = Manifest(
         name=name,
-        version="0.0.1-test",
+        version=version,
         class_names=CLASS_NAMES,
         preprocessing=Preprocessing(channels=1, height=28, width=28, mean=[MEAN], std=[STD]),
         stages=stages,
