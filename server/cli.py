@@ -105,9 +105,11 @@ def check(settings: Settings) -> None:
     """What the server would fail on at start-up, checked here to fail in one line."""
     check_frontend(settings.http_server)
     requested_providers(settings)
+    found = find_manifests(settings)
     check_grpc_port(settings)
-    for model_dir, manifest in find_manifests(settings).values():
-        check_graphs(manifest, model_dir)
+    for versions in found.values():
+        for model_dir, _, manifest in versions.values():
+            check_graphs(manifest, model_dir)
 
 
 def _fail(message: str, debug: bool) -> NoReturn:

@@ -58,6 +58,7 @@ async def index(request: Request, state: StateDep) -> list[RepositoryIndexEntry]
 
 @router.post(
     "/models/{name}/load",
+    response_class=Response,  # 200 with an empty body, documented without content
     responses=error_responses(400, 401, 403, 404),
     **_ADMIN,  # type: ignore[arg-type]
 )
@@ -70,6 +71,7 @@ async def load(name: str, request: Request, state: StateDep) -> Response:
 
 @router.post(
     "/models/{name}/unload",
+    response_class=Response,  # 200 with an empty body, documented without content
     responses=error_responses(400, 401, 403, 404),
     **_ADMIN,  # type: ignore[arg-type]
 )

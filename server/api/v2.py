@@ -26,6 +26,7 @@ from server.api.v1 import StateDep
 from server.api.v2_binary import infer_response, read_infer_request
 from server.open_inference import EXTENSIONS, OUTPUTS, SERVER_NAME, served_model, server_version
 from server.schemas.v2 import InferenceResponse, ModelMetadata, ModelReady, ServerMetadata
+from server.state import AppState
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"], responses=error_responses(400, 404, 503))
 __all__ = ["OUTPUTS", "router"]
@@ -46,19 +47,35 @@ async def ready(state: StateDep) -> JSONResponse:
     return JSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
 
 
+# Each route with and without /versions/{model_version}: separate functions, so that the
+# unversioned route takes no model_version at all (not even as a query parameter).
 @router.get("/models/{name}", response_model=ModelMetadata)
+async def model_metadata(name: str, state: StateDep) -> ModelMetadata:
+    return _metadata(state, name, None)
+
+
 @router.get("/models/{name}/versions/{model_version}", response_model=ModelMetadata)
-async def model_metadata(
-    name: str, state: StateDep, model_version: str | None = None
-) -> ModelMetadata:
-    model = served_model(state, name, model_version)
+async def model_version_metadata(name: str, model_version: str, state: StateDep) -> ModelMetadata:
+    return _metadata(state, name, model_version)
+
+
+def _metadata(state: AppState, name: str, version: str | None) -> ModelMetadata:
+    model = served_model(state, name, version)
     return oip.model_metadata(model, state.models.versions(model.name))
 
 
 @router.get("/models/{name}/ready", response_model=ModelReady)
+async def model_ready(name: str, state: StateDep) -> JSONResponse:
+    return _ready(state, name, None)
+
+
 @router.get("/models/{name}/versions/{model_version}/ready", response_model=ModelReady)
-async def model_ready(name: str, state: StateDep, model_version: str | None = None) -> JSONResponse:
-    model = served_model(state, name, model_version)
+async def model_version_ready(name: str, model_version: str, state: StateDep) -> JSONResponse:
+    return _ready(state, name, model_version)
+
+
+def _ready(state: AppState, name: str, version: str | None) -> JSONResponse:
+    model = served_model(state, name, version)
     return JSONResponse({"name": model.name, "ready": state.ready}, 200 if state.ready else 503)
 
 
@@ -72,12 +89,20 @@ _INFER = {
 
 # The body is read here, not by FastAPI: a client may send no Content-Type, or a binary tail.
 @router.post("/models/{name}/infer", **_INFER)  # type: ignore[arg-type]
+async def infer(name: str, request: Request, state: StateDep) -> Response:
+    return await _infer(state, request, name, None)
+
+
 @router.post("/models/{name}/versions/{model_version}/infer", **_INFER)  # type: ignore[arg-type]
-async def infer(
-    name: str, request: Request, state: StateDep, model_version: str | None = None
+async def infer_version(
+    name: str, model_version: str, request: Request, state: StateDep
 ) -> Response:
+    return await _infer(state, request, name, model_version)
+
+
+async def _infer(state: AppState, request: Request, name: str, version: str | None) -> Response:
     start = time.perf_counter()
-    with state.models.lease(name, model_version) as model:  # held until answered
+    with state.models.lease(name, version) as model:  # held until answered
         req, tail = await read_infer_request(request)
         response, binary = await oip.infer(state, model, req, tail, start)
     return infer_response(response, binary)

@@ -149,7 +149,9 @@ def test_two_workers_without_a_state_dir_share_a_private_one(
         )
         with ThreadPoolExecutor(4) as pool:  # new connections, spread over both workers
             results = list(pool.map(lambda p: classify(server.url, p), pngs))
-        assert [res["exit"]["threshold"] for res in results] == [NEW[0]] * REQUESTS
+        assert [res["exit"] for res in results] == [
+            {"index": 0, "count": 3, "threshold": NEW[0]}
+        ] * REQUESTS
         assert "share threshold changes through" in server.logs()
         assert server.terminate() == 0
     assert not made[0].exists()
