@@ -116,7 +116,7 @@ def environment(device_id: int) -> dict[str, Any]:
     import onnxruntime as ort  # noqa: PLC0415
 
     from bench.gpu_tools import gpu_memory_used_mib  # noqa: PLC0415
-    from server.engine.providers import probe_cuda  # noqa: PLC0415
+    from server.engine.placement import probe_cuda  # noqa: PLC0415
 
     if hasattr(ort, "preload_dlls"):
         ort.preload_dlls()

@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from bench.gpu_tools import gpu_memory_used_mib, random_batches
 from elf_core.manifest import load_manifest
-from server.engine.providers import session_options
+from server.engine.placement import session_options
 from server.engine.runner import OnnxStageRunner
 from server.engine.sessions import load_stage_sessions
 from server.settings import Settings

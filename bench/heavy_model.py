@@ -205,7 +205,7 @@ def write_menu(
     thresholds: Sequence[float],
 ) -> None:
     """calibration.json with the threshold curve on the calibration images (the load
-    controller's menu, server/batching/controller.py); `chosen` is the exit-mix point."""
+    controller's menu, server/load/controller.py); `chosen` is the exit-mix point."""
     chosen = evaluate_thresholds(probs, labels, ratio, thresholds)
     curve = sorted([*threshold_curve(probs, labels, ratio), chosen], key=lambda p: p.flops_ratio)
     data = {

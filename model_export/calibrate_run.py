@@ -14,7 +14,7 @@ from tqdm import tqdm
 from elf_core.accuracy import class_thirds
 from elf_core.calibration import CurvePoint, calibrate, evaluate_thresholds, final_exit_only
 from elf_core.exits import softmax
-from elf_core.providers import Provider
+from elf_core.provider_choice import Provider
 from model_export.report import CalibrationOutcome
 from model_export.runtime import StageChain, collect_logits
 from training.data import DataSplits, ImageDataset

@@ -34,7 +34,7 @@ from elf_core.manifest import (
     sha256_file,
     write_manifest,
 )
-from elf_core.providers import Provider
+from elf_core.provider_choice import Provider
 from model_export.agreement_run import measure_agreement
 from model_export.build import (
     check_destination,

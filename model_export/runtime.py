@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from elf_core.providers import Provider, ProviderError, ProviderList, select_providers
+from elf_core.provider_choice import Provider, ProviderError, ProviderList, select_providers
 
 # Batches of uint8 images [B, C, H, W] with their labels [B].
 BatchSource = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
 
 
 def providers_for(device: str) -> ProviderList:
-    """ONNX Runtime providers for "cpu", "auto" or "cuda" (elf_core.providers' rule, with this
+    """ONNX Runtime providers for "cpu", "auto" or "cuda" (elf_core.provider_choice' rule, with this
     onnxruntime's providers); "cuda" fails loudly when ORT lacks CUDA."""
     try:
         return select_providers(device, ort.get_available_providers())

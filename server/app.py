@@ -11,20 +11,20 @@ import swagger_ui_bundle
 from fastapi import FastAPI, Response
 from starlette.concurrency import run_in_threadpool
 
-from server.adaptive import start_controller
 from server.api import admin, v1, v2
 from server.api import repository as repository_api
 from server.api.errors import install_error_handlers
-from server.api.load import AdmissionMiddleware
 from server.api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from server.api.openapi import ServedShape, install_openapi
-from server.inflight import RequestMonitor
+from server.app_state import AppState
+from server.load.admission import AdmissionMiddleware
+from server.load.in_flight import RequestMonitor
+from server.load.operating_point import start_controller
 from server.metrics import Metrics
 from server.registry import ModelRegistry, load_models
 from server.repository import Repository
 from server.settings import Settings
-from server.shared_state import ThresholdStore, follow_overrides
-from server.state import AppState
+from server.threshold_store import ThresholdStore, follow_overrides
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import NoReturn
 from pydantic import ValidationError
 
 from elf_core.manifest import ManifestError
-from server.engine.providers import EngineError, requested_providers
+from server.engine.placement import EngineError, requested_providers
 from server.engine.sessions import check_graphs
 from server.frontend import FrontendError, Listen, serve
 from server.frontend import check as check_frontend

@@ -211,7 +211,7 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
-        # server/batching/controller.py: the load-adaptive operating point.
+        # server/load/controller.py: the load-adaptive operating point.
         self.point_accuracy = Gauge(
             "elf_operating_point_accuracy",
             "Validation balanced top-1 of the default thresholds in use (0..1)",

@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from server.api.v2_binary import binary_inputs, bytes_elements, fp32_tensor
+from server.app_state import AppState
 from server.preprocess import InputError, tensor_input
 from server.registry import ServedModel
 from server.schemas.v2 import (
@@ -30,7 +31,6 @@ from server.schemas.v2 import (
     TensorMetadata,
 )
 from server.service import Answer, classify, decode
-from server.state import AppState
 
 OUTPUTS = ("label", "class_index", "confidence", "exit_index", "flops_executed", "probabilities")
 EXTENSIONS = ["binary_tensor_data"]  # server.api.v2_binary

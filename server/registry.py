@@ -26,9 +26,9 @@ from elf_core.manifest import (
 from server.batching.audit import Auditor
 from server.batching.batch_cap import BatchCap, batch_cap
 from server.batching.batcher import Batcher
-from server.batching.controller import ControllerThread
 from server.engine.runner import OnnxStageRunner
 from server.engine.sessions import load_stage_sessions
+from server.load.controller import ControllerThread
 from server.metrics import Metrics
 from server.model_repository import newest, read_repository, version_key
 from server.preprocess import InputError
@@ -52,7 +52,9 @@ class ServedModel:
     curve: Any | None  # calibration.json, as exported
     thresholds: tuple[float, ...]  # current defaults, K values (the last is 0)
     agreement: Agreement | None = None  # agreement.json: expected agreement per exit
-    controller: ControllerThread | None = None  # ELF_LATENCY_TARGET_MS (server/adaptive.py)
+    controller: ControllerThread | None = (
+        None  # ELF_LATENCY_TARGET_MS (server/load/operating_point.py)
+    )
     batch_cap: BatchCap | None = None  # the batcher's cap on rows per batch (ELF_BATCH_CAP)
     fingerprint: str = ""  # of its directory when it was loaded (server/model_repository.py)
     leases: int = 0  # requests that hold it (ModelRegistry.lease): it drains to 0 before it stops

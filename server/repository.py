@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from elf_core.manifest import ManifestError, load_manifest
-from server.adaptive import start_controller
-from server.inflight import RequestMonitor
+from server.load.in_flight import RequestMonitor
+from server.load.operating_point import start_controller
 from server.metrics import Metrics
 from server.model_repository import (
     RepositoryContents,
@@ -33,7 +33,7 @@ from server.model_repository import (
 from server.preprocess import InputError
 from server.registry import ModelRegistry, ServedModel, UnknownModelError, load_model, stop_model
 from server.settings import Settings
-from server.shared_state import ThresholdStore
+from server.threshold_store import ThresholdStore
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
+from server.app_state import AppState
 from server.preprocess import InputError, decode_all
 from server.registry import ExitMode, ServedModel
 from server.settings import Settings
-from server.state import AppState
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     # Fraction of early-exited images finished at full depth, when the batcher is idle, to
     # measure agreement with the final exit (server/batching/audit.py); 0 = off.
     audit_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    # Latency target of the load-adaptive operating point (server/batching/controller.py):
+    # Latency target of the load-adaptive operating point (server/load/controller.py):
     # request latency from arrival at the app to answer (0.9 quantile per tick), the oldest
     # unanswered request's age and the batcher's queue delay must stay under it; cheaper points
     # first, then (at ELF_MIN_ACCURACY) 503s beyond an admission limit. Unset = off.

@@ -1,6 +1,6 @@
 """PUT /v1/models/{name}/thresholds: change the operating point (bearer ELF_ADMIN_TOKEN).
 
-With ELF_STATE_DIR set, the change is written to the state directory (server/shared_state.py):
+With ELF_STATE_DIR set, the change is written to the state directory (server/threshold_store.py):
 every worker applies it within a second and a restart keeps it. Without it, `elf-serve
 --workers N` (N > 1) makes a private state directory for the run (server/cli.py), so every
 worker still follows the change; one worker keeps it in memory. Either way a restart without
@@ -16,12 +16,12 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from server.adaptive import rebase
 from server.api.errors import ApiError
 from server.api.openapi import THRESHOLDS_BODY, error_responses
 from server.api.v1 import StateDep
+from server.app_state import AppState
+from server.load.operating_point import rebase
 from server.schemas.v1 import ThresholdsChanged, ThresholdsUpdate
-from server.state import AppState
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["admin"])

@@ -20,6 +20,7 @@ from server.api.classify_route import (
     parse_query,
 )
 from server.api.openapi import error_responses
+from server.app_state import AppState, get_state
 from server.preprocess import InputError
 from server.registry import ServedModel
 from server.schemas.v1 import (
@@ -31,7 +32,6 @@ from server.schemas.v1 import (
 )
 from server.service import Answer, classify, decode
 from server.settings import Settings
-from server.state import AppState, get_state
 
 router = APIRouter(prefix="/v1", tags=["v1"], responses=error_responses(404))
 

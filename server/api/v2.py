@@ -24,9 +24,9 @@ from server import open_inference as oip
 from server.api.openapi import INFER_BODY, error_responses
 from server.api.v1 import StateDep
 from server.api.v2_binary import infer_response, read_infer_request
+from server.app_state import AppState
 from server.open_inference import EXTENSIONS, OUTPUTS, SERVER_NAME, served_model, server_version
 from server.schemas.v2 import InferenceResponse, ModelMetadata, ModelReady, ServerMetadata
-from server.state import AppState
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"], responses=error_responses(400, 404, 503))
 __all__ = ["OUTPUTS", "router"]

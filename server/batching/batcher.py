@@ -35,7 +35,6 @@ import numpy as np
 
 from elf_core.exits import leaves_at, softmax_max
 from server.batching.audit import Auditor
-from server.batching.controller import DelayWindow
 from server.batching.rows import (
     NeverFitsError,
     Part,
@@ -48,6 +47,7 @@ from server.batching.rows import (
     resolve,
 )
 from server.batching.scheduling import Policy, QueueView, Scheduler
+from server.load.controller import DelayWindow
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)

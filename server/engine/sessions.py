@@ -9,7 +9,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from elf_core.manifest import Manifest, ManifestError
-from server.engine.providers import (
+from server.engine.placement import (
     CPU,
     CUDA,
     EngineError,

@@ -13,10 +13,10 @@ import logging
 
 import grpc
 
+from server.app_state import AppState
 from server.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 from server.grpc.service import InferenceServicer
-from server.inflight import RequestMonitor
-from server.state import AppState
+from server.load.in_flight import RequestMonitor
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ import grpc
 from server import open_inference as oip
 from server.api.admin import check_admin
 from server.api.errors import ApiError
-from server.api.load import overloaded_message
+from server.app_state import AppState
 from server.grpc import wire
 from server.grpc.errors import Refusal, refusal
 from server.grpc.proto import grpc_service_pb2 as pb
 from server.grpc.proto import grpc_service_pb2_grpc as pb_grpc
-from server.inflight import RequestMonitor
+from server.load.admission import overloaded_message
+from server.load.in_flight import RequestMonitor
 from server.repository import check_parameters
-from server.state import AppState
 
 SERVICE = "/inference.GRPCInferenceService/"
 Req = TypeVar("Req")

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from server.api.load import INFERENCE_ROUTES
 from server.app import create_app
-from server.batching.controller import (
+from server.load.admission import INFERENCE_ROUTES
+from server.load.controller import (
     Controller,
     ControllerConfig,
     ControllerThread,
@@ -24,7 +24,7 @@ from server.batching.controller import (
     build_menu,
     curve_points,
 )
-from server.inflight import RequestMonitor
+from server.load.in_flight import RequestMonitor
 from tests.server.conftest import ADMIN_TOKEN, files, make_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -281,7 +281,7 @@ def test_at_the_floor_requests_beyond_the_limit_get_503_at_once(
 ) -> None:
     settings = make_settings(curved_model, latency_target_ms=10.0, retry_after_s=3)
     app = create_app(settings)
-    # server/api/load.py counts the inference routes: every POST route of the app but the
+    # server/load/admission.py counts the inference routes: every POST route of the app but the
     # model repository's (admin calls).
     paths = app.openapi()["paths"].items()
     posts = {p for p, ops in paths if "post" in ops and not p.startswith("/v2/repository/")}

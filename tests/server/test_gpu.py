@@ -21,7 +21,7 @@ from bench.gpu_tools import forbid_host_copies, gpu_memory_used_mib, random_batc
 from elf_core.exits import early_exit, softmax
 from elf_core.manifest import load_manifest
 from server.app import create_app
-from server.engine.providers import node_providers, probe_cuda
+from server.engine.placement import node_providers, probe_cuda
 from server.engine.runner import OnnxStageRunner
 from server.engine.sessions import CUDA, load_stage_sessions
 from tests.server.conftest import files, make_settings

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.engine.providers import probe_cuda
+from server.engine.placement import probe_cuda
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU_TESTS = "tests/server/test_gpu.py"

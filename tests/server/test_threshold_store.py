@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from server.shared_state import StateError, ThresholdStore
+from server.threshold_store import StateError, ThresholdStore
 from tests.server.conftest import ADMIN_TOKEN, make_settings
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

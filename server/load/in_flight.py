@@ -1,4 +1,4 @@
-"""Inference requests in flight, as the app sees them (server/api/load.py's middleware counts
+"""Inference requests in flight, as the app sees them (server/load/admission.py's middleware counts
 them in and out): the load controller's end-to-end signal and its admission limit."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from elf_core.providers import CPU, CUDA, ProviderError, select_providers
+from elf_core.provider_choice import CPU, CUDA, ProviderError, select_providers
 
 
 def test_cpu_build() -> None:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from server.adaptive import rebase
+from server.load.operating_point import rebase
 from server.metrics import Metrics
 from server.registry import ModelRegistry
 

@@ -1,10 +1,10 @@
-"""Wiring of the load-adaptive operating point (server/batching/controller.py) to a served model."""
+"""Wiring of the load-adaptive operating point (server/load/controller.py) to a served model."""
 
 from __future__ import annotations
 
 import logging
 
-from server.batching.controller import (
+from server.load.controller import (
     Controller,
     ControllerConfig,
     ControllerThread,
@@ -24,7 +24,7 @@ def start_controller(
     model: ServedModel, settings: Settings, metrics: Metrics, requests: RequestMonitor | None
 ) -> None:
     """With ELF_LATENCY_TARGET_MS set: a controller thread moving `model`'s default thresholds
-    and, at the floor, setting the admission limit of `requests` (server/api/load.py)."""
+    and, at the floor, setting the admission limit of `requests` (server/load/admission.py)."""
     if settings.latency_target_ms is None or requests is None:
         return
     config = ControllerConfig(

@@ -8,7 +8,8 @@ ratio, down to the floor (ELF_MIN_ACCURACY; default the base point's accuracy mi
 
 Every `tick_s` the controller reads one load figure, in seconds: the largest of
   - the end-to-end latency (arrival at the app to its answer, RequestMonitor, fed by
-    server/api/load.py's middleware) of the requests answered since the last tick, its `quantile`;
+    server/load/admission.py's middleware) of the requests answered since the last tick, its
+    `quantile`;
   - the age of the oldest request admitted and not yet answered (a backlog shows here at once,
     before anything is answered, wherever it waits: decoding, the event loop, the batcher);
   - the batcher's queue delay (its `quantile`) of the rows answered since the last tick.
@@ -46,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from server.inflight import RequestMonitor
+from server.load.in_flight import RequestMonitor
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The inference routes (INFERENCE_ROUTES, every POST route of the app; a test checks that):
 this middleware counts each request in and out of RequestMonitor (end-to-end latency from its
 arrival at the app, requests in flight) and, while the controller sheds load at its cheapest
-point (server/batching/controller.py), answers the requests beyond the admission limit at once
+point (server/load/controller.py), answers the requests beyond the admission limit at once
 with 503 and Retry-After, before their body is read or decoded, counted as
 elf_rejected_total{reason="overloaded"}. Installed only with ELF_LATENCY_TARGET_MS set.
 """
@@ -17,7 +17,7 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.api.errors import error_response
-from server.inflight import RequestMonitor
+from server.load.in_flight import RequestMonitor
 from server.metrics import Metrics
 
 INFERENCE_ROUTES = (

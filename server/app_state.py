@@ -10,7 +10,7 @@ from server.metrics import Metrics
 from server.registry import ModelRegistry
 from server.repository import Repository
 from server.settings import Settings
-from server.shared_state import ThresholdStore
+from server.threshold_store import ThresholdStore
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from elf_core.providers import CPU, CUDA, ProviderError, ProviderList, select_providers
+from elf_core.provider_choice import CPU, CUDA, ProviderError, ProviderList, select_providers
 from server.settings import Settings
 
 # Session config key (onnxruntime_session_options_config_keys.h): nodes that the listed providers

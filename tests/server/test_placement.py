@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from elf_core.manifest import load_manifest
 from server.app import create_app
-from server.engine.providers import (
+from server.engine.placement import (
     CPU,
     CUDA,
     DISABLE_CPU_FALLBACK,
