@@ -26,6 +26,7 @@ from server.batching.batcher import Batcher
 from server.batching.controller import ControllerThread
 from server.engine.runner import OnnxStageRunner
 from server.engine.sessions import load_stage_sessions
+from server.full_model import FullModelPath, load_full_path
 from server.metrics import Metrics
 from server.preprocess import InputError
 from server.settings import Settings
@@ -50,6 +51,7 @@ class ServedModel:
     agreement: Agreement | None = None  # agreement.json: expected agreement per exit
     controller: ControllerThread | None = None  # ELF_LATENCY_TARGET_MS (server/adaptive.py)
     batch_cap: BatchCap | None = None  # the batcher's cap on rows per batch (ELF_BATCH_CAP)
+    full: FullModelPath | None = None  # exit=final through full.onnx (server/full_model.py)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -79,6 +81,20 @@ class ServedModel:
             return exit_thresholds([threshold] * (k - 1), k)
         return exit_thresholds(self.thresholds, k)
 
+    def start(self) -> None:
+        """Start the batchers' workers (the stage chain's and exit=final's)."""
+        self.batcher.start()
+        if self.full is not None:
+            self.full.start()
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop the load controller, then answer every admitted row and end the workers."""
+        if self.controller is not None:
+            self.controller.stop()
+        self.batcher.stop(timeout_s)
+        if self.full is not None:
+            self.full.stop(timeout_s)
+
     def set_thresholds(self, values: list[float]) -> tuple[float, ...]:
         """Accept K-1 (auxiliary exits) or K values (then the last must be 0); return the old."""
         k = self.num_exits
@@ -107,9 +123,7 @@ class ModelRegistry:
 
     def stop(self, timeout_s: float | None = None) -> None:
         for model in self.models.values():
-            if model.controller is not None:
-                model.controller.stop()
-            model.batcher.stop(timeout_s)
+            model.stop(timeout_s)
 
 
 def find_model_dirs(root: Path) -> list[Path]:
@@ -177,6 +191,9 @@ def load_model(
     except ValueError as exc:
         raise ManifestError(str(exc)) from exc
     model = ServedModel(model_dir, manifest, runner, batcher, curve, (), agreement, batch_cap=cap)
+    model.full = load_full_path(
+        model_dir, manifest, settings, metrics, max_batch_size=cap.size, stage_batcher=batcher
+    )
     metrics.batch_cap.labels(model=manifest.name).set(cap.size)
     for e in agreement.exits if agreement is not None else []:
         if e.agreement is not None:
@@ -212,6 +229,6 @@ def load_models(settings: Settings, metrics: Metrics) -> ModelRegistry:
         for name, (d, manifest) in find_manifests(settings).items()
     }
     for model in models.values():
-        model.batcher.start()
+        model.start()
         log.info("serving %s %s on %s", model.name, model.manifest.version, model.providers)
     return ModelRegistry(models, settings.default_model or sorted(models)[0])
