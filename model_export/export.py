@@ -232,9 +232,10 @@ def export_model(
 ) -> ExportResult[TorchChecks]:
     """Export a trained multi-exit network into a model directory that `elf-serve` serves.
 
-    One ONNX graph per stage and `full.onnx` (the backbone alone), checked (ONNX checker, batch sizes, parity with
-    torch, FLOPs counted twice), calibrated on validation, then the manifest; everything is built
-    in a staging directory and moved to `cfg.out` only after every check passed.
+    One ONNX graph per stage and `full.onnx` (the backbone alone), checked (ONNX checker, batch
+    sizes, parity with torch, FLOPs counted twice), calibrated on validation, then the manifest;
+    everything is built in a staging directory and moved to `cfg.out` only after every check
+    passed.
 
     Args:
         net: The trained network (moved to the CPU, eval mode).
