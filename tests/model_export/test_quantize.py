@@ -172,8 +172,8 @@ def test_elf_serve_serves_quantized_dir(quantized: tuple[Path, str], tmp_path: P
             got.append((o["class_index"], o["exit_index"]))
         batch = {"name": "input", "shape": list(x.shape), "datatype": "FP32",
                  "data": x.ravel().tolist()}  # fmt: skip
-        body = {"inputs": [batch], "parameters": {"exit": "final"}}
-        r = httpx.post(f"{server.url}/v2/models/{m.name}/infer", json=body, timeout=30)
+        final_body = {"inputs": [batch], "parameters": {"exit": "final"}}
+        r = httpx.post(f"{server.url}/v2/models/{m.name}/infer", json=final_body, timeout=30)
         v2 = {o["name"]: o["data"] for o in r.json()["outputs"]}
         detail = httpx.get(f"{server.url}/v1/models/{m.name}", timeout=10).json()
         server.terminate()
