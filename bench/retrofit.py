@@ -211,7 +211,7 @@ def heavy(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def final_output_only(full: Path, out: Path) -> Path:
-    """A project full.onnx (every exit's logits) reduced to the final exit: a plain classifier."""
+    """A project full.onnx reduced to its last output (the final exit's): a plain classifier."""
     model = onnx.load(str(full))
     last = model.graph.output[-1].name
     onnx.utils.extract_model(str(full), str(out), ["input"], [last])

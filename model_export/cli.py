@@ -189,7 +189,7 @@ def _export(a: argparse.Namespace, argv: list[str]) -> int:
     _say(
         f"parity vs torch on {parity.images} validation images: max abs diff "
         f"{parity.max_abs_diff:.2e} (stages {_fmt(parity.stage_max_abs_diff)}, "
-        f"full {_fmt(parity.full_max_abs_diff)})"
+        f"full {parity.full_max_abs_diff:.1e})"
     )
     _say(
         f"FLOPs per image: backbone {res.manifest.flops_full:,}; ONNX cross-check max "

@@ -55,7 +55,7 @@ from model_export.report import (
 )
 from model_export.runtime import normalize, providers_for
 from model_export.splits import CONFIG_FILE
-from model_export.verify import check_batch_sizes, check_graph
+from model_export.verify import check_batch_sizes, check_full_graph, check_graph
 from training.checkpoint import load_checkpoint, load_model, load_train_config
 from training.data import DataSplits, build_splits
 from training.networks import MultiExitNet
@@ -119,8 +119,9 @@ class CalibrationStep(Protocol):
 
 
 class GraphStep(Protocol[R_co]):
-    """Writes stage_0..K-1.onnx and full.onnx into a model directory, then checks them against
-    the source they came from (raising VerificationError) and reports what it checked."""
+    """Writes stage_0..K-1.onnx and full.onnx (the backbone alone: input -> the final exit's
+    logits) into a model directory, then checks them against the source they came from (raising
+    VerificationError) and reports what it checked."""
 
     def write(self, model_dir: Path) -> StageGraphs: ...
 
@@ -231,9 +232,10 @@ def export_model(
 ) -> ExportResult[TorchChecks]:
     """Export a trained multi-exit network into a model directory that `elf-serve` serves.
 
-    One ONNX graph per stage and `full.onnx`, checked (ONNX checker, batch sizes, parity with
-    torch, FLOPs counted twice), calibrated on validation, then the manifest; everything is built
-    in a staging directory and moved to `cfg.out` only after every check passed.
+    One ONNX graph per stage and `full.onnx` (the backbone alone), checked (ONNX checker, batch
+    sizes, parity with torch, FLOPs counted twice), calibrated on validation, then the manifest;
+    everything is built in a staging directory and moved to `cfg.out` only after every check
+    passed.
 
     Args:
         net: The trained network (moved to the CPU, eval mode).
@@ -284,7 +286,7 @@ def write_model_dir(
         graphs = graphs_step.write(tmp)
         stage_paths = [tmp / g.file for g in graphs.stages]
         specs = [check_graph(p) for p in stage_paths]
-        check_graph(tmp / graphs.full.file)
+        check_full_graph(tmp / graphs.full.file)
         check_batch_sizes(stage_paths, tmp / graphs.full.file, shape, len(card.class_names))
         checks = graphs_step.verify(tmp, graphs)
         cal = calibrate(stage_paths, graphs.per_stage, tmp)

@@ -1,7 +1,8 @@
 """Torch side of the export: per-stage wrapper modules and their ONNX export (dynamic batch axis).
 
 Stage k < K-1: input [batch, ...] -> (features [batch, ...], logits [batch, num_classes]);
-the last stage: input -> logits; full.onnx: input -> logits_0 .. logits_{K-1}.
+the last stage: input -> logits; full.onnx: the backbone alone (every stage body and the final
+classifier, no auxiliary exit head), input -> logits: what `exit=final` serves in one call.
 Exported with the dynamo exporter (torch.export + onnxscript) into single-file graphs.
 `TorchGraphs` is export's graph step for a trained network (model_export.export.write_model_dir):
 these graphs, checked for parity with torch and by the FLOPs cross-check.
@@ -56,15 +57,19 @@ class LastStage(nn.Module):
         return self.head(self.stage(x))
 
 
-class AllExits(nn.Module):
-    """The whole network as a tuple of every exit's logits (ONNX outputs are a flat tuple)."""
+class Backbone(nn.Module):
+    """Every stage, then the final classifier: x -> the final exit's logits (no auxiliary head
+    runs, so the graph costs the manifest's flops_full)."""
 
     def __init__(self, net: MultiExitNet) -> None:
         super().__init__()
-        self.net = net
+        self.stages = net.stages
+        self.head = net.exits[-1]
 
-    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        return tuple(self.net(x))
+    def forward(self, x: Tensor) -> Tensor:
+        for stage in self.stages:
+            x = stage(x)
+        return self.head(x)
 
 
 @dataclass(frozen=True)
@@ -144,8 +149,7 @@ def export_graphs(
     for i, (mod, shape) in enumerate(zip(stage_modules(net), shapes, strict=True)):
         outputs = ["features", "logits"] if i < k - 1 else ["logits"]
         stages.append(export_graph(mod, shape, out_dir / f"stage_{i}.onnx", outputs))
-    full_outputs = [f"logits_{i}" for i in range(k)]
-    full = export_graph(AllExits(net).eval(), input_shape, out_dir / "full.onnx", full_outputs)
+    full = export_graph(Backbone(net).eval(), input_shape, out_dir / "full.onnx", ["logits"])
     return stages, full
 
 

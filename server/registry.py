@@ -28,6 +28,7 @@ from server.batching.batch_cap import BatchCap, batch_cap
 from server.batching.batcher import Batcher
 from server.engine.runner import OnnxStageRunner
 from server.engine.sessions import load_stage_sessions
+from server.full_model import FullModelPath, load_full_path
 from server.load.controller import ControllerThread
 from server.metrics import Metrics
 from server.model_repository import newest, read_repository, version_key
@@ -58,6 +59,7 @@ class ServedModel:
     batch_cap: BatchCap | None = None  # the batcher's cap on rows per batch (ELF_BATCH_CAP)
     fingerprint: str = ""  # of its directory when it was loaded (server/model_repository.py)
     leases: int = 0  # requests that hold it (ModelRegistry.lease): it drains to 0 before it stops
+    full: FullModelPath | None = None  # exit=final through full.onnx (server/full_model.py)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -90,6 +92,20 @@ class ServedModel:
         if threshold is not None:
             return exit_thresholds([threshold] * (k - 1), k)
         return exit_thresholds(self.thresholds, k)
+
+    def start(self) -> None:
+        """Start the batchers' workers (the stage chain's and exit=final's)."""
+        self.batcher.start()
+        if self.full is not None:
+            self.full.start()
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop the load controller, then answer every admitted row and end the workers."""
+        if self.controller is not None:
+            self.controller.stop()
+        self.batcher.stop(timeout_s)
+        if self.full is not None:
+            self.full.stop(timeout_s)
 
     def set_thresholds(self, values: list[float]) -> tuple[float, ...]:
         """Accept K-1 (auxiliary exits) or K values (then the last must be 0); return the old."""
@@ -188,13 +204,7 @@ class ModelRegistry:
 
     def stop(self, timeout_s: float | None = None) -> None:
         for model in self.all_models():
-            stop_model(model, timeout_s)
-
-
-def stop_model(model: ServedModel, timeout_s: float | None = None) -> None:
-    if model.controller is not None:
-        model.controller.stop()
-    model.batcher.stop(timeout_s)
+            model.stop(timeout_s)
 
 
 def load_curve(model_dir: Path, manifest: Manifest) -> Any | None:
@@ -251,6 +261,9 @@ def load_model(
     except ValueError as exc:
         raise ManifestError(str(exc)) from exc
     model = ServedModel(model_dir, manifest, runner, batcher, curve, (), agreement, batch_cap=cap)
+    model.full = load_full_path(
+        model_dir, manifest, settings, metrics, max_batch_size=cap.size, stage_batcher=batcher
+    )
     metrics.batch_cap.labels(model=manifest.name).set(cap.size)
     for e in agreement.exits if agreement is not None else []:
         if e.agreement is not None:
@@ -299,7 +312,7 @@ def load_models(
             loaded[v] = load_model(d, manifest, settings, metrics)
             loaded[v].fingerprint = fp
         for model in loaded.values():
-            model.batcher.start()
+            model.start()
             log.info("serving %s %s on %s", model.name, model.version, model.providers)
         registry.replace(name, loaded)
     return registry

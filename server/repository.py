@@ -31,7 +31,7 @@ from server.model_repository import (
     version_key,
 )
 from server.preprocess import InputError
-from server.registry import ModelRegistry, ServedModel, UnknownModelError, load_model, stop_model
+from server.registry import ModelRegistry, ServedModel, UnknownModelError, load_model
 from server.settings import Settings
 from server.threshold_store import ThresholdStore
 
@@ -200,7 +200,7 @@ class Repository:
             finally:
                 self._loading.discard((name, d.version))
         for model in loaded.values():
-            model.batcher.start()
+            model.start()
         return loaded
 
     def _load_version(self, d: VersionDir) -> ServedModel:
@@ -232,7 +232,7 @@ class Repository:
         for model in models:
             if not self.registry.drain(model, timeout_s):
                 log.warning("%s %s: still held after %s s", model.name, model.version, timeout_s)
-            stop_model(model, timeout_s)
+            model.stop(timeout_s)
             self._drop_gauges(model.name, [model])
             log.info("%s %s: drained and stopped", model.name, model.version)
 

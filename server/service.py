@@ -62,7 +62,8 @@ async def classify(
         model: The served model whose batcher runs the images.
         arrays: One normalised float32 array per image, shaped as the model's input.
         threshold: One threshold for every auxiliary exit; `None` uses the model's current ones.
-        mode: `auto` (early exit) or `final` (every stage runs).
+        mode: `auto` (early exit) or `final` (full.onnx in one call where the model directory
+            has it, else every stage runs).
 
     Returns:
         One answer per image, in order: class, confidence, probabilities, the exit taken with its
@@ -74,8 +75,14 @@ async def classify(
     settings = state.settings
     check_count(len(arrays), settings)
     thr = model.row_thresholds(threshold, mode)
-    results = await model.batcher.infer(arrays, [thr] * len(arrays), settings.request_timeout_s)
+    timeout_s = settings.request_timeout_s
     exits = model.manifest.exits
+    flops = [e.cumulative_flops for e in exits]
+    if mode == "final" and model.full is not None:  # full.onnx, one call: the backbone's FLOPs
+        results = await model.full.infer(arrays, timeout_s)
+        flops[-1] = model.full.flops
+    else:
+        results = await model.batcher.infer(arrays, [thr] * len(arrays), timeout_s)
     answers = [
         Answer(
             class_index=int(np.argmax(r.probs)),
@@ -83,7 +90,7 @@ async def classify(
             probs=r.probs,
             exit_index=r.exit_index,
             threshold=float(thr[r.exit_index]),
-            flops_executed=exits[r.exit_index].cumulative_flops,
+            flops_executed=flops[r.exit_index],
             queue_ms=r.queue_s * 1e3,
             compute_ms=r.compute_s * 1e3,
         )

@@ -39,7 +39,7 @@ class FullModel:
         return np.ascontiguousarray((chw - self.mean) / self.std, dtype=np.float32)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """[B, C, H, W] -> softmax of the final exit [B, classes] (full.onnx gives every exit)."""
+        """[B, C, H, W] -> softmax of the final exit [B, classes] (full.onnx's last output)."""
         return softmax(np.asarray(self.session.run(None, {"input": batch})[-1]))
 
     def answer(self, probs: np.ndarray) -> dict[str, Any]:

@@ -1,18 +1,20 @@
-"""`elf-export quantize`: a float32 model directory -> a new sibling directory with int8 stages.
+"""`elf-export quantize`: a float32 model directory -> a new sibling directory with int8 graphs.
 
 SRC is never written. DST is built in a hidden temporary sibling and renamed into place only
 after every check passed, so a failed run leaves nothing behind:
 
-1. copy SRC; replace each stage graph with its static-QDQ int8 variant
-   (model_export.quantize.stages), activation ranges calibrated on images of the TRAINING split
-   (the validation split stays unseen for the thresholds); full.onnx stays the float32 reference
-   graph (the server does not run it; it is what the float32 peers in bench/ serve);
-2. ONNX checker, same float32 interface as SRC's stages, batches of 1, 3 and 64;
+1. copy SRC; replace each stage graph and full.onnx (the backbone alone, which the server runs
+   for exit=final) with its static-QDQ int8 variant (model_export.quantize.stages), activation
+   ranges calibrated on images of the TRAINING split (the validation split stays unseen for the
+   thresholds);
+2. ONNX checker, same float32 interface as SRC's graphs, batches of 1, 3 and 64;
 3. new exit thresholds on validation with `elf-export calibrate`'s path (recalibrate), which
    also rewrites calibration.json/.png and agreement.json;
 4. agreement with SRC on validation: the final exit's class, and the served answer (each at its
    own thresholds); below `min_agreement` at the final exit the run fails (int8 that changes
-   more than that many answers is a broken calibration, not a cheaper model);
+   more than that many answers is a broken calibration, not a cheaper model); so it does when
+   the int8 full.onnx and the int8 stages' final exit agree on fewer validation images (they
+   answer exit=final and the final exit of the same model);
 5. the manifest's provenance records the precision, the calibration and the command.
 """
 
@@ -39,12 +41,12 @@ from elf_core.manifest import (
     sha256_file,
     write_manifest,
 )
-from model_export.calibrate_run import SplitProbs, validation_probs
+from model_export.calibrate_run import SplitProbs, iter_batches, validation_probs
 from model_export.export import DEFAULT_TOLERANCE
 from model_export.quantize.stages import PRECISIONS, quantize_stages
 from model_export.recalibrate import recalibrate
 from model_export.report import CalibrationOutcome
-from model_export.runtime import StageChain, normalize, providers_for
+from model_export.runtime import StageChain, collect_logits, normalize, providers_for, session
 from model_export.splits import model_splits
 from model_export.verify import BATCH_SIZES, VerificationError, check_graph
 from training.data import DataSplits
@@ -99,6 +101,24 @@ def _key(spec: TensorSpec | None) -> tuple[str, str, list[int | str]] | None:
     return None if spec is None else (spec.name, spec.dtype, spec.shape[1:])
 
 
+def _check_full(src: Manifest, src_dir: Path, dst_dir: Path) -> None:
+    """DST's full.onnx: check_graph, SRC's full.onnx's float32 interface, batches of several
+    sizes."""
+    if src.full_model is None:
+        return
+    path = dst_dir / src.full_model.file
+    inp, outs = check_graph(path)
+    if (inp, outs) != check_graph(src_dir / src.full_model.file):
+        raise VerificationError(f"{path}: quantisation changed the interface: {inp}, {outs}")
+    pre, sess = src.preprocessing, session(path, ["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for b in BATCH_SIZES:
+        x = rng.standard_normal((b, pre.channels, pre.height, pre.width)).astype(np.float32)
+        shapes = [tuple(z.shape) for z in sess.run(None, {inp.name: x})]
+        if any(s != (b, len(src.class_names)) for s in shapes):
+            raise VerificationError(f"{path}: a batch of {b} gave logits of shapes {shapes}")
+
+
 def _check_stages(src: Manifest, dst_dir: Path) -> None:
     """ONNX checker and symbolic batch axis (check_graph), SRC's float32 interface, and batches
     of several sizes through the chained stages."""
@@ -146,10 +166,27 @@ def _agreement(job: _Job, dst: Manifest, dst_probs: list[np.ndarray]) -> tuple[f
     return final, float(np.mean(served_src == served_dst))
 
 
+def _full_agreement(job: _Job, dst_final: np.ndarray) -> float | None:
+    """Validation images where DST's full.onnx (its last output) gives the class of DST's final
+    exit (probabilities dst_final [N, C]); None without full.onnx."""
+    if job.src.full_model is None:
+        return None
+    sess = session(job.tmp / job.src.full_model.file, providers_for(job.cfg.device))
+    inp, out = sess.get_inputs()[0].name, sess.get_outputs()[-1].name
+    batches = iter_batches(job.splits.val, job.cfg.batch_size, "full.onnx", job.cfg.progress)
+    (logits,), _ = collect_logits(lambda x: sess.run([out], {inp: x}), batches,
+                                  job.splits.mean, job.splits.std)  # fmt: skip
+    return float(np.mean(logits.argmax(1) == dst_final.argmax(1)))
+
+
 def _with_stages(src: Manifest, dst_dir: Path, name: str) -> Manifest:
-    """SRC's manifest naming dst's stage graphs (new sha256), under the new name."""
+    """SRC's manifest naming dst's stage graphs and full.onnx (new sha256), under the new name."""
     stages = [{**s.model_dump(), "sha256": sha256_file(dst_dir / s.file)} for s in src.stages]
-    return Manifest.model_validate({**src.model_dump(), "name": name, "stages": stages})
+    full = src.full_model and {"file": src.full_model.file,
+                               "sha256": sha256_file(dst_dir / src.full_model.file)}  # fmt: skip
+    return Manifest.model_validate(
+        {**src.model_dump(), "name": name, "stages": stages, "full_model": full}
+    )
 
 
 def _rule(src: Manifest, cfg: QuantizeConfig) -> tuple[float, float | None, tuple[int, ...] | None]:
@@ -199,7 +236,11 @@ def _build(job: _Job, calib: np.ndarray) -> tuple[Manifest, CalibrationOutcome]:
     log.info("quantizing %d stages to %s on %d training images", len(stages), cfg.precision,
              len(calib))  # fmt: skip
     quantize_stages(cfg.precision, [src_dir / f for f in stages], [tmp / f for f in stages], calib)
+    if src.full_model is not None:  # one graph from the images: the backbone alone
+        full = src.full_model.file
+        quantize_stages(cfg.precision, [src_dir / full], [tmp / full], calib)
     _check_stages(src, tmp)
+    _check_full(src, src_dir, tmp)
     write_manifest(_with_stages(src, tmp, cfg.name or cfg.out.name), tmp)
     tol, tail, protect = _rule(src, cfg)
     # One validation pass of the new stages serves the threshold search, agreement.json and the
@@ -216,6 +257,16 @@ def _build(job: _Job, calib: np.ndarray) -> tuple[Manifest, CalibrationOutcome]:
             f"{cfg.out}: the {cfg.precision} stages give the float32 model's final-exit class on "
             f"only {final:.2%} of validation images (< --min-agreement {cfg.min_agreement:.2%})"
         )
+    full_agree = _full_agreement(job, val[0][-1])
+    if full_agree is not None:
+        log.info("%s full.onnx and final exit agree on %.4f of validation", cfg.precision,
+                 full_agree)  # fmt: skip
+        if full_agree < cfg.min_agreement:
+            raise VerificationError(
+                f"{cfg.out}: the {cfg.precision} full.onnx gives the {cfg.precision} stages' "
+                f"final-exit class on only {full_agree:.2%} of validation images "
+                f"(< --min-agreement {cfg.min_agreement:.2%})"
+            )
     record = Quantization(
         precision=cfg.precision,
         method=PRECISIONS[cfg.precision],

@@ -77,7 +77,9 @@ class Batcher:
         metrics: Metrics | None = None,
         audit: Auditor | None = None,
         scheduling: Policy = "age-aware",
+        stage_labels: Sequence[str] | None = None,
     ) -> None:
+        """stage_labels: the `stage` label of each stage's metrics (default "0".."K-1")."""
         self.executor = executor
         self.scheduler = Scheduler(scheduling, max_batch_size, max_queue_delay_s)
         self.audit = audit
@@ -89,6 +91,10 @@ class Batcher:
         self.model = model
         self.version = version  # a label of elf_queue_depth
         self.metrics = metrics
+        self._stage_labels = list(stage_labels or map(str, range(self.num_stages)))
+        # Other batchers of the same model (exit=final's, server/full_model.py): the model's
+        # queue-depth gauge counts their rows too.
+        self.depth_peers: list[Batcher] = []
         self._cond = threading.Condition()
         self._queues: list[deque[Any]] = [deque() for _ in range(self.num_stages)]
         self._queued = [0] * self.num_stages  # rows per queue
@@ -353,13 +359,14 @@ class Batcher:
     def _set_depth(self) -> None:
         m = self.metrics
         if m is not None:
-            m.child(m.queue_depth, self.model, self.version).set(sum(self._queued))
+            peers = sum(sum(p._queued) for p in self.depth_peers)  # ints: no lock needed to read
+            m.child(m.queue_depth, self.model, self.version).set(sum(self._queued) + peers)
 
     def _observe(self, k: int, batch: int, seconds: float) -> None:
         if self.delays is not None:
             self.delays.busy(seconds)  # the load controller's utilisation
         m = self.metrics
         if m is not None:
-            stage = str(k)
+            stage = self._stage_labels[k]
             m.child(m.stage_duration, self.model, stage).observe(seconds)
             m.child(m.batch_size, self.model, stage).observe(batch)

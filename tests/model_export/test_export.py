@@ -89,7 +89,9 @@ def test_flops_in_manifest_come_from_training_flops(exported: Exported) -> None:
     assert m.exits[-1].cumulative_flops > m.flops_full
 
 
-def test_stages_and_full_graph_match_torch_on_every_exit(exported: Exported) -> None:
+def test_stages_match_torch_on_every_exit_and_full_graph_on_the_final(
+    exported: Exported,
+) -> None:
     net, _ = load_model(exported.checkpoint)
     splits = build_splits(exported.config.data)
     images = splits.test.batch(torch.arange(64)).numpy()
@@ -99,10 +101,12 @@ def test_stages_and_full_graph_match_torch_on_every_exit(exported: Exported) -> 
     stages, full = _sessions(exported.model_dir)
     chained = _chain(stages, x)
     whole = full.run(None, {"input": x})
-    assert len(chained) == len(whole) == len(ref) == 3
+    assert len(chained) == len(ref) == 3
     for k, r in enumerate(ref):
         assert np.abs(chained[k] - r).max() <= PARITY_ATOL, f"stage graphs, exit {k}"
-        assert np.abs(whole[k] - r).max() <= PARITY_ATOL, f"full.onnx, exit {k}"
+    # full.onnx: the backbone alone, one output (the final exit's logits).
+    assert [o.name for o in full.get_outputs()] == ["logits"] and len(whole) == 1
+    assert np.abs(whole[0] - ref[-1]).max() <= PARITY_ATOL
     # The outputs are not trivially equal: the exits disagree with each other somewhere.
     assert not np.allclose(ref[0], ref[2])
 
@@ -119,7 +123,7 @@ def test_every_graph_has_a_dynamic_batch_axis(exported: Exported) -> None:
     for b in (1, 3, 64):
         x = rng.standard_normal((b, 1, 28, 28)).astype(np.float32)
         assert [o.shape for o in _chain(stages, x)] == [(b, 10)] * 3
-        assert [o.shape for o in full.run(None, {"input": x})] == [(b, 10)] * 3
+        assert [o.shape for o in full.run(None, {"input": x})] == [(b, 10)]
 
 
 def test_calibration_outputs(exported: Exported) -> None:

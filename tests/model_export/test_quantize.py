@@ -21,6 +21,7 @@ from model_export.cli import main
 from model_export.quantize.pipeline import QuantizeConfig, QuantizeError, quantize_model
 from model_export.runtime import StageChain
 from model_export.splits import model_splits
+from model_export.verify import check_graph
 from tests.model_export.conftest import Exported
 from tests.server.live import live_server
 
@@ -69,7 +70,15 @@ def test_stages_are_int8_with_float32_interfaces(
         assert set(elem) == {onnx.TensorProto.FLOAT}
         weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
         assert weights  # per-channel int8 weights
-    assert dst.full_model == src.full_model  # the float32 reference graph, unchanged
+    # full.onnx (exit=final's graph, the backbone alone) is int8 too, with its interface kept.
+    assert dst.full_model is not None and src.full_model is not None
+    assert dst.full_model.sha256 != src.full_model.sha256
+    full = onnx.load(str(out / dst.full_model.file))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in full.graph.node}
+    assert check_graph(out / dst.full_model.file) == check_graph(
+        exported.model_dir / src.full_model.file
+    )
+    assert [o.name for o in full.graph.output] == ["logits"]
     assert dst.flops_full == src.flops_full
 
 
@@ -143,6 +152,7 @@ def test_elf_serve_serves_quantized_dir(quantized: tuple[Path, str], tmp_path: P
     x = np.random.default_rng(1).standard_normal((12, 1, 28, 28)).astype(np.float32)
     probs = [softmax(z) for z in StageChain([out / s.file for s in m.stages])(x)]
     pred, exits = early_exit(probs, m.thresholds)
+    (final,) = StageChain([out / "full.onnx"])(x)  # the int8 backbone: what exit=final runs
     with live_server(out, tmp_path / "serve.log") as server:
         got = []
         for row in x:
@@ -160,9 +170,16 @@ def test_elf_serve_serves_quantized_dir(quantized: tuple[Path, str], tmp_path: P
             assert r.status_code == 200, r.text
             o = {o["name"]: o["data"][0] for o in r.json()["outputs"]}
             got.append((o["class_index"], o["exit_index"]))
+        batch = {"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                 "data": x.ravel().tolist()}  # fmt: skip
+        final_body = {"inputs": [batch], "parameters": {"exit": "final"}}
+        r = httpx.post(f"{server.url}/v2/models/{m.name}/infer", json=final_body, timeout=30)
+        v2 = {o["name"]: o["data"] for o in r.json()["outputs"]}
         detail = httpx.get(f"{server.url}/v1/models/{m.name}", timeout=10).json()
         server.terminate()
     assert got == list(zip(pred.tolist(), exits.tolist(), strict=True))
+    assert v2["class_index"] == final.argmax(1).tolist() and v2["exit_index"] == [2] * 12
+    assert v2["flops_executed"] == [m.flops_full] * 12
     assert detail["provenance"]["quantization"]["precision"] == "int8-u8"
     assert (out / MANIFEST_FILE).is_file()
 

@@ -100,6 +100,11 @@ def test_every_exit_beats_chance(retrofitted: Retrofitted) -> None:
 def test_manifest_records_flops_and_preprocessing(retrofitted: Retrofitted) -> None:
     m = load_manifest(retrofitted.model_dir)
     assert m.flops_full == count_onnx_flops(retrofitted.onnx)
+    # full.onnx (what exit=final serves) is the user's classifier: the backbone alone.
+    assert m.full_model is not None
+    full = retrofitted.model_dir / m.full_model.file
+    assert count_onnx_flops(full) == m.flops_full
+    assert [o.name for o in ort.InferenceSession(str(full)).get_outputs()] == ["logits"]
     assert m.preprocessing.mean == [MEAN] and m.preprocessing.std == [STD]
     assert (m.preprocessing.channels, m.preprocessing.height) == (1, 28)
     for k, s in enumerate(m.stages[:-1]):

@@ -20,6 +20,7 @@ from model_export.onnx_flops import count_onnx_flops
 from model_export.verify import (
     VerificationError,
     check_flops,
+    check_full_graph,
     check_graph,
     check_parity,
 )
@@ -56,7 +57,16 @@ def test_onnx_flops_cross_check_of_the_export(exported: Exported) -> None:
     rep = check_flops(net, (1, 28, 28), stages, d / "full.onnx")
     assert rep.max_rel_diff <= 0.02
     assert rep.onnx_stage == [b + h for b, h in rep.per_stage]
-    assert rep.onnx_full == sum(rep.onnx_stage)
+    # full.onnx is the backbone alone: every body and the final classifier, no auxiliary head.
+    backbone = sum(b for b, _ in rep.per_stage) + rep.per_stage[-1][1]
+    assert rep.onnx_full == backbone == load_manifest(d).flops_full < sum(rep.onnx_stage)
+
+
+def test_full_graph_with_several_outputs_is_refused(exported: Exported) -> None:
+    d = exported.model_dir
+    assert check_full_graph(d / "full.onnx").name == "logits"
+    with pytest.raises(VerificationError, match=r"stage_0\.onnx: expected one output .*2:"):
+        check_full_graph(d / "stage_0.onnx")  # features and logits
 
 
 def test_flops_mismatch_is_an_error(exported: Exported) -> None:

@@ -70,7 +70,10 @@ def test_counters_add_up_and_labels_are_templates(
     assert images == 14
     exits = [total(m, "elf_exits_total", model="tiny", exit=str(k)) for k in range(3)]
     assert sum(exits) == images and exits[2] >= 3
-    flops = sum(n * e.cumulative_flops for n, e in zip(exits, manifest.exits, strict=True))
+    # The 3 exit=final images ran full.onnx (the backbone's FLOPs), the others the stages.
+    staged = [*exits[:2], exits[2] - 3]
+    flops = sum(n * e.cumulative_flops for n, e in zip(staged, manifest.exits, strict=True))
+    flops += 3 * manifest.flops_full
     assert total(m, "elf_flops_executed_total", model="tiny") == flops
     assert total(m, "elf_flops_full_total", model="tiny") == images * manifest.flops_full
     # Route templates, never raw paths; unknown paths share one label.
@@ -83,9 +86,10 @@ def test_counters_add_up_and_labels_are_templates(
     assert total(m, "elf_rejected_total", reason="bad_image") == 1
     # The batcher's view: queue waits per image, stage runs and their batch sizes.
     assert total(m, "elf_queue_duration_seconds_count", model="tiny") == images
-    assert total(m, "elf_batch_size_sum", model="tiny", stage="0") == images
+    assert total(m, "elf_batch_size_sum", model="tiny", stage="0") == images - 3
+    assert total(m, "elf_batch_size_sum", model="tiny", stage="full") == 3
     stage2_rows = total(m, "elf_batch_size_sum", model="tiny", stage="2")
-    assert stage2_rows == exits[2]
+    assert stage2_rows == staged[2]
     assert total(m, "elf_stage_duration_seconds_count", model="tiny", stage="0") >= 1
     assert total(m, "elf_queue_depth", model="tiny") == 0
     info = [lab for (n, lab) in m if n == "elf_model_info"]

@@ -2,7 +2,8 @@
 
 Stage k: Conv 3x3 + Relu -> features; exit head: GlobalAveragePool -> Flatten -> Gemm -> logits.
 Input "input" [batch, 1, 28, 28] (dynamic batch); stages 0 and 1 output "features" and "logits",
-stage 2 outputs "logits"; full.onnx outputs logits_0..logits_2. Thresholds are set between two
+stage 2 outputs "logits"; full.onnx is the backbone alone (the three Conv+Relu bodies and the final
+head, no auxiliary head): input -> "logits". Thresholds are set between two
 neighbouring confidences of the fixture images so that every exit is used and no image sits on a
 threshold (answers do not depend on float rounding).
 """
@@ -111,11 +112,11 @@ def write_graphs(model_dir: Path, seed: int) -> None:
             outs,
             model_dir / f"stage_{k}.onnx",
         )
-        nodes, inits = _stage_nodes(k, prev, f"f{k}", f"logits_{k}", ws[k])
-        all_nodes += nodes
-        all_inits += inits
+        nodes, inits = _stage_nodes(k, prev, f"f{k}", "logits", ws[k])
+        all_nodes += nodes if last else nodes[:2]  # an auxiliary head: not in the backbone
+        all_inits += inits if last else inits[:2]
         prev = f"f{k}"
-    outs = [_tensor(f"logits_{k}", ["batch", NUM_CLASSES]) for k in range(len(STAGES))]
+    outs = [_tensor("logits", ["batch", NUM_CLASSES])]
     _save(
         all_nodes,
         all_inits,
