@@ -107,9 +107,10 @@ def test_exit_final_answers_as_the_stage_chains_final_exit_at_the_backbones_flop
     def delta(metric: str, **labels: str) -> float:
         return value(after, metric, **labels) - value(before, metric, **labels)
 
-    assert delta("elf_exits_total", model=name, exit=str(k - 1)) == 2 * n
-    assert delta("elf_images_total", model=name) == 2 * n
-    assert delta("elf_flops_executed_total", model=name) == 2 * n * m.flops_full
+    v = m.version
+    assert delta("elf_exits_total", model=name, version=v, exit=str(k - 1)) == 2 * n
+    assert delta("elf_images_total", model=name, version=v) == 2 * n
+    assert delta("elf_flops_executed_total", model=name, version=v) == 2 * n * m.flops_full
     assert delta("elf_batch_size_sum", model=name, stage="full") == 2 * n
     assert delta("elf_batch_size_sum", model=name, stage="0") == 0
     assert f"{name}: exit=final runs full.onnx in one call" in two_models.log.read_text()
