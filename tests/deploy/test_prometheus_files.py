@@ -226,6 +226,26 @@ def bare_rules(tmp_path: Path) -> Path:
     return path
 
 
+def _grpc_failing() -> dict[str, Any]:
+    """gRPC calls failing as UNAVAILABLE next to healthy HTTP: the error-rate alert fires;
+    refusals of bad input (INVALID_ARGUMENT) do not count."""
+    method = "/inference.GRPCInferenceService/ModelInfer"
+    series = [
+        _series('elf_requests_total{route="/v1/classify",status="200"}', "0+600x60"),
+        _series(f'elf_requests_total{{route="{method}",status="OK"}}', "0+300x60"),
+        _series(f'elf_requests_total{{route="{method}",status="INVALID_ARGUMENT"}}', "0+300x60"),
+        _series(f'elf_requests_total{{route="{method}",status="UNAVAILABLE"}}', "0+30x60"),
+    ]
+    return {
+        "interval": "1m",
+        "input_series": series,
+        "alert_rule_test": [
+            {"eval_time": "40m", "alertname": "ElfHighErrorRate",
+             "exp_alerts": [{"exp_labels": {"severity": "page"}}]},
+        ],
+    }  # fmt: skip
+
+
 def test_alerts_fire_on_trouble_and_not_on_healthy_traffic(bare_rules: Path) -> None:
     tests = {
         "rule_files": [bare_rules.name],
@@ -233,6 +253,7 @@ def test_alerts_fire_on_trouble_and_not_on_healthy_traffic(bare_rules: Path) -> 
         "tests": [
             _quiet(120),
             _broken(),
+            _grpc_failing(),
             _exit_shift(),
             _audit_drift(),
             _at_floor(),
