@@ -14,7 +14,7 @@ Export is model_export.export.export_model (stage graphs, full.onnx, ONNX checke
 parity with torch, FLOP cross-check, manifest, atomic move) with this module's calibration step
 (exit-mix quantiles) in place of the validation-split search.
 
-    python -m bench.heavy_model --arch resnet50 --size 224 --out runs/bench-models/resnet50-224
+    python -m bench heavy-model --kind heavy --out runs/bench-models/resnet50-224
 """
 
 from __future__ import annotations
