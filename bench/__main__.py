@@ -27,7 +27,7 @@ BENCHMARKS = {
     "heavy-model": ("bench.heavy_model", "builds the resnet50-style benchmark model (random "
                     "backbone, fitted exit heads); the others build it when needed"),
 }  # fmt: skip
-PAGES = ("accuracy", "engine", "http", "retrofit")  # the ones with a committed result
+PAGES = ("accuracy", "engine", "http", "protocols", "retrofit")  # the ones with a committed result
 
 
 def main(argv: list[str] | None = None) -> int:
