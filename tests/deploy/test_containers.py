@@ -80,7 +80,7 @@ def test_serving_image_answers_like_the_venv_server(
     _, url = serving
     assert len(EXAMPLES) == 16
     before = httpx.get(f"{url}/metrics", timeout=10).text
-    sample = 'elf_images_total{model="fashion-mnist-lt"}'
+    sample = 'elf_images_total{model="fashion-mnist-lt",version="1"}'
     sent_before = metric_value(before, sample) if sample in before else 0.0
     answers = classify_examples(url)
     assert answers == venv_answers
