@@ -126,14 +126,14 @@ def test_training_image_exports_a_model_the_serving_image_serves(
         train = (
             "elf-train --dataset folder --data-root /data --channels 1 --arch resnet8 "
             "--width-mult 0.5 --batch-size 8 --eval-batch-size 16 --threads 1 --no-progress "
-            "--log-level WARNING --epochs 1 --out /workspace/run && "
-            "elf-export --checkpoint /workspace/run/checkpoint.pt --out /workspace/models/tiny "
+            "--log-level WARNING --epochs 1 --out /srv/elf/run && "
+            "elf-export --checkpoint /srv/elf/run/checkpoint.pt --out /srv/elf/models/tiny "
             "--version 7 --no-progress"
         )
         start = time.monotonic()
         images.docker(
             "run", "--rm", "--network", "host", "-v", f"{data}:/data:ro",
-            "-v", f"{volume}:/workspace", TRAIN, "sh", "-c", train, timeout=900,
+            "-v", f"{volume}:/srv/elf", TRAIN, "sh", "-c", train, timeout=900,
         )  # fmt: skip
         FACTS["training container: 1 epoch + export"] = f"{time.monotonic() - start:.0f} s"
         port = free_port()
