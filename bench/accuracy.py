@@ -3,13 +3,15 @@
 Every row trains with the same epochs and seeds; each (row, seed) has its own output directory,
 so rows can run separately, and an interrupted run resumes (a finished one is skipped). ELF is
 judged with early-exit inference, thresholds calibrated on the validation split, reported on test.
-Each finished run becomes a small committed result file (bench/results/accuracy/<row>-s<seed>.json)
-and the page (docs/benchmarks/accuracy.md) is built from those files alone.
+Each finished run becomes a seed's record in its row's committed result file
+(bench/results/accuracy/<row>.json, format in bench.accuracy_runs) and the page
+(docs/benchmarks/accuracy.md) is built from those files alone.
 
     python -m bench accuracy --epochs 30 --seeds 0 1 2            # train the main rows, collect
     python -m bench accuracy --rows elf-bs-warmup5 --seeds 0       # some rows only
     python -m bench accuracy --add-row "elf-ce-t08=--method elf --loss ce --tau-train 0.8"
     python -m bench accuracy collect --runs-dir runs/bench-accuracy   # finished runs -> files
+    python -m bench accuracy fold OLD/elf-bs-s1.json ...   # per-seed files of the earlier layout
     python -m bench accuracy report                                # report from the files
 """
 
@@ -29,7 +31,7 @@ from typing import Any
 from bench import pages
 from bench.accuracy_difficulty import measure
 from bench.accuracy_report import write_report
-from bench.accuracy_runs import from_run, load_results, write_result
+from bench.accuracy_runs import fold, from_run, load_results, write_result
 
 log = logging.getLogger("bench.accuracy")
 
@@ -123,7 +125,7 @@ def _outputs(p: argparse.ArgumentParser) -> None:
         "--results-dir",
         type=Path,
         default=Path("bench/results/accuracy"),
-        help="one result file per row and seed (default %(default)s)",
+        help="one result file per row (default %(default)s)",
     )
     p.add_argument(
         "--pages",
@@ -250,6 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["difficulty"]:
         a = _sub_parser("difficulty", "Class difficulty on balanced data.").parse_args(argv[1:])
         measure(a.runs_dir)
+        return report(a.results_dir, a.pages)
+    if argv[:1] == ["fold"]:
+        p = _sub_parser("fold", "Per-seed result files (<row>-s<seed>.json) into row files.")
+        p.add_argument("files", type=Path, nargs="+")
+        a = p.parse_args(argv[1:])
+        fold(a.files, a.results_dir)
         return report(a.results_dir, a.pages)
     if argv[:1] == ["collect"]:
         doc = "Result files from finished run directories, then the report."

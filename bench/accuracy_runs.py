@@ -1,9 +1,25 @@
-"""One small, committed result file per finished (row, seed) of the accuracy benchmark.
+"""The committed results of the accuracy benchmark: one file per row, holding all its seeds.
 
-`collect` turns a training run's directory (metrics.json, config.json, predictions.npz) into
-bench/results/accuracy/<row>-s<seed>.json: the numbers the report needs, the elf-train command and
-the commit. The report is built from these files alone, so a benchmark can continue on another
-machine and a finished run is never lost with its (uncommitted) run directory.
+bench/results/accuracy/<row>.json (schema elf-bench-accuracy-row/1):
+
+    {"schema": "elf-bench-accuracy-row/1", "row": "elf-bs", "seeds": {"0": RECORD, "1": RECORD}}
+
+A RECORD (schema elf-bench-accuracy-run/1) is one finished (row, seed). `collect` makes it from a
+training run's directory (metrics.json, config.json, predictions.npz): every number the report
+needs, the elf-train command and the commit. Rows from other tools (retrofit, ensembling) write
+RECORDs too; the report needs only these fields of them (fractions in [0, 1], test split,
+thresholds chosen on validation):
+
+    {"schema": "elf-bench-accuracy-run/1", "row": "elf-bs+ens", "seed": 0,
+     "variant": {"of": "elf-bs", "adds": "ensembling"},  # optional: what it is built on
+     "command": "...", "command_source": "...", "commit": "...",
+     "dataset": "...",  # optional for a variant: its class order is its base row's
+     "test": {"best": POINT, "chosen": POINT}}    # POINT: balanced_top1, tail, flops_saved
+
+('best': validation's best point; 'chosen': the cheapest within the tolerance of it.) Rows with
+"adds": "ensembling" are the ensembling column of the page's main table. Training rows also carry
+test.exits, val and tail_protected (the other tables). Files of the earlier layout (one per row
+and seed, <row>-s<seed>.json: a bare RECORD) are folded into the row files by `fold`.
 """
 
 from __future__ import annotations
@@ -24,12 +40,13 @@ from training.evaluate import operating_point
 log = logging.getLogger("bench.accuracy")
 
 SCHEMA = "elf-bench-accuracy-run/1"
+ROW_SCHEMA = "elf-bench-accuracy-row/1"
 GROUPS = ("head", "middle", "tail")
 TAIL_TOLERANCES = (0.0, 0.005, 0.01)  # tail-protected calibration points reported per run
 
 
-def result_path(results_dir: Path, row: str, seed: int) -> Path:
-    return results_dir / f"{row}-s{seed}.json"
+def result_path(results_dir: Path, row: str) -> Path:
+    return results_dir / f"{row}.json"
 
 
 def _groups(summary: dict[str, Any]) -> dict[str, Any]:
@@ -128,23 +145,49 @@ def from_run(
 
 
 def write_result(results_dir: Path, result: dict[str, Any]) -> Path:
-    """Write (or keep: an unchanged result is not rewritten, so collecting again is no diff)."""
-    path = result_path(results_dir, result["row"], result["seed"])
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if {**old, "collected": None} == {**result, "collected": None}:
-            return path
+    """Add or replace one seed's record in its row file (an unchanged record is not rewritten,
+    so collecting again is no diff)."""
+    path = result_path(results_dir, result["row"])
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data = {"schema": ROW_SCHEMA, "row": result["row"], "seeds": data.get("seeds", {})}
+    old = data["seeds"].get(str(result["seed"]))
+    if old is not None and {**old, "collected": None} == {**result, "collected": None}:
+        return path
+    seeds = {**data["seeds"], str(result["seed"]): result}
+    data["seeds"] = dict(sorted(seeds.items(), key=lambda kv: int(kv[0])))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    path.write_text(json.dumps(data, indent=1) + "\n")
     return path
 
 
+def fold(paths: Sequence[Path], results_dir: Path) -> list[Path]:
+    """Per-seed files of the earlier layout into their row files; those inside results_dir are
+    removed once folded."""
+    written = []
+    for path in paths:
+        record = json.loads(path.read_text())
+        if record.get("schema") != SCHEMA:
+            raise ValueError(f"{path}: not a per-seed result of schema {SCHEMA}")
+        written.append(write_result(results_dir, record))
+        if path.parent.resolve() == results_dir.resolve():
+            path.unlink()
+        log.info("%s folded into %s", path, written[-1])
+    return written
+
+
 def load_results(results_dir: Path) -> list[dict[str, Any]]:
-    """Every result file, in file-name order; a file of another schema is an error."""
+    """Every seed's record of every row file, ordered by row then seed; a file of another schema
+    is an error. Per-seed files of the earlier layout found there are folded in first."""
+    old = [
+        p
+        for p in results_dir.glob("*-s*.json")
+        if json.loads(p.read_text()).get("schema") == SCHEMA
+    ]
+    fold(sorted(old), results_dir)
     out = []
-    for path in sorted(results_dir.glob("*-s*.json")):
+    for path in sorted(results_dir.glob("*.json")):
         data = json.loads(path.read_text())
-        if data.get("schema") != SCHEMA:
-            raise ValueError(f"{path}: not a result file of schema {SCHEMA}")
-        out.append(data)
-    return out
+        if data.get("schema") != ROW_SCHEMA:
+            raise ValueError(f"{path}: not a row file of schema {ROW_SCHEMA}")
+        out += data["seeds"].values()
+    return sorted(out, key=lambda r: f"{r['row']}-s{r['seed']}")

@@ -12,7 +12,7 @@ import pytest
 from bench import accuracy
 from bench.accuracy_difficulty import RESULT
 from bench.accuracy_report import summarize
-from bench.accuracy_runs import SCHEMA, load_results
+from bench.accuracy_runs import ROW_SCHEMA, SCHEMA, load_results
 from tests.elf_core.test_tail_protection import COUNTS, _problem
 
 GROUPS = {"head": [0, 1], "middle": [2, 3], "tail": [4, 5]}
@@ -69,11 +69,20 @@ def collected(tmp_path: Path) -> tuple[Path, Path]:
     return results, stem
 
 
-def test_collect_writes_one_file_per_finished_run(collected: tuple[Path, Path]) -> None:
+def _record(results: Path, row: str, seed: int) -> dict[str, Any]:
+    data = json.loads((results / f"{row}.json").read_text())
+    assert (data["schema"], data["row"]) == (ROW_SCHEMA, row)
+    record: dict[str, Any] = data["seeds"][str(seed)]
+    return record
+
+
+def test_collect_writes_one_file_per_row_with_its_finished_seeds(
+    collected: tuple[Path, Path],
+) -> None:
     results, _ = collected
-    assert sorted(p.name for p in results.iterdir()) == [
-        "elf-bs-s0.json", "elf-bs-s1.json", "standard-bs-s2.json"]  # fmt: skip
-    r = json.loads((results / "elf-bs-s1.json").read_text())
+    assert sorted(p.name for p in results.iterdir()) == ["elf-bs.json", "standard-bs.json"]
+    assert list(json.loads((results / "elf-bs.json").read_text())["seeds"]) == ["0", "1"]
+    r = _record(results, "elf-bs", 1)
     assert (r["schema"], r["row"], r["seed"], r["commit"]) == (SCHEMA, "elf-bs", 1, "abc1234")
     assert r["command_source"] == "reconstructed from the row"
     assert r["command"].startswith("elf-train --dataset fashion-mnist-lt --imbalance-ratio 100")
@@ -91,7 +100,7 @@ def test_collect_writes_one_file_per_finished_run(collected: tuple[Path, Path]) 
     assert plain["test"]["flops_saved"] == pytest.approx(0.6)
     assert zero["test"]["tail"] == pytest.approx(1.0)
     assert zero["test"]["flops_saved"] == pytest.approx(1 - (4 / 6 * 0.4 + 2 / 6))
-    assert json.loads((results / "standard-bs-s2.json").read_text())["tail_protected"] == []
+    assert _record(results, "standard-bs", 2)["tail_protected"] == []
 
 
 def test_report_is_built_from_the_result_files(collected: tuple[Path, Path]) -> None:
@@ -117,11 +126,11 @@ def test_report_is_built_from_the_result_files(collected: tuple[Path, Path]) -> 
     missing = "- `elf-bs` seeds [2]: `python -m bench accuracy --epochs 30 --seeds 2 --rows elf-bs"
     assert missing in md and "- `standard-bs` seeds [0, 1]:" in md
     # Collecting again rewrites nothing that did not change.
-    stamp = (results / "elf-bs-s0.json").stat().st_mtime_ns
+    stamp = (results / "elf-bs.json").stat().st_mtime_ns
     assert accuracy.main(["collect", "--runs-dir", str(results.parent / "runs"),
                           "--results-dir", str(results), "--pages", str(stem),
                           "--train-commit", "abc1234"]) == 0  # fmt: skip
-    assert (results / "elf-bs-s0.json").stat().st_mtime_ns == stamp
+    assert (results / "elf-bs.json").stat().st_mtime_ns == stamp
     # The page needs only the files: rebuilding it from them gives the same page.
     (stem / "accuracy.md").unlink()
     argv = ["report", "--results-dir", str(results), "--pages", str(stem)]
@@ -130,9 +139,28 @@ def test_report_is_built_from_the_result_files(collected: tuple[Path, Path]) -> 
 
 
 def test_a_foreign_file_in_the_results_dir_is_an_error(tmp_path: Path) -> None:
-    (tmp_path / "elf-bs-s0.json").write_text('{"row": "elf-bs"}')
-    with pytest.raises(ValueError, match="not a result file"):
+    (tmp_path / "elf-bs.json").write_text('{"row": "elf-bs"}')
+    with pytest.raises(ValueError, match="not a row file"):
         load_results(tmp_path)
+
+
+def test_per_seed_files_of_the_earlier_layout_are_folded(
+    collected: tuple[Path, Path], tmp_path: Path
+) -> None:
+    results, stem = collected
+    old = {**_record(results, "elf-bs", 1), "seed": 2, "command": "elf-train --seed 2"}
+    (tmp_path / "elf-bs-s2.json").write_text(json.dumps(old))  # from another checkout
+    argv = ["fold", str(tmp_path / "elf-bs-s2.json"), "--results-dir", str(results),
+            "--pages", str(stem)]  # fmt: skip
+    assert accuracy.main(argv) == 0
+    assert _record(results, "elf-bs", 2) == old and (tmp_path / "elf-bs-s2.json").is_file()
+    assert "- `elf-bs` seed 2: `elf-train --seed 2`" in (stem / "accuracy.md").read_text()
+    # One copied into the results directory is folded when the results are loaded, and removed.
+    (results / "standard-bs-s0.json").write_text(
+        json.dumps({**old, "row": "standard-bs", "seed": 0})
+    )
+    assert [r["seed"] for r in load_results(results) if r["row"] == "standard-bs"] == [0, 2]
+    assert sorted(p.name for p in results.iterdir()) == ["elf-bs.json", "standard-bs.json"]
 
 
 def test_hard_order_is_the_measured_difficulty_and_trains_on_it() -> None:

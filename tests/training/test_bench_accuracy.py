@@ -29,8 +29,8 @@ def test_rows_run_skip_and_report(image_folder: Path, tmp_path: Path) -> None:
     stamps = [p.stat().st_mtime_ns for p in metrics]
     assert accuracy.main(argv) == 0  # finished rows are skipped, not retrained
     assert [p.stat().st_mtime_ns for p in metrics] == stamps
-    # One result file per run, with the command line elf-train recorded itself.
-    elf = json.loads((results / "elf-bs-s0.json").read_text())
+    # One result file per row, each seed with the command line elf-train recorded itself.
+    elf = json.loads((results / "elf-bs.json").read_text())["seeds"]["0"]
     assert elf["command_source"] == "recorded by elf-train"
     assert elf["command"].startswith("python -m training.cli --dataset fashion-mnist-lt")
     assert "--method elf --loss balanced_softmax" in elf["command"]
