@@ -220,7 +220,10 @@ def report(results_dir: Path, folder: Path) -> int:
         log.error("no result files in %s", results_dir)
         return 1
     order = list(dict.fromkeys([*PLAN, *MAIN_ROWS, *HARD_ROWS, *VARIANT_ROWS]))
-    path = write_report(folder, results_dir, results, order, missing=missing_lines(results))
+    main = ["standard-bs", "elf-bs", *HARD_ROWS]  # each class order's standard model first
+    path = write_report(
+        folder, results_dir, results, order, main=main, missing=missing_lines(results)
+    )
     log.info("wrote %s from %d result files", path, len(results))
     return 0
 

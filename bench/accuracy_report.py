@@ -63,15 +63,22 @@ def _val_chosen(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarize_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    k = len(runs[0]["test"]["exits"])
-    return {
+    """Test points over the seeds; a training row (one with validation numbers, not a row of
+    another tool) also its exits, validation and tail-protected points."""
+    out = {
         "seeds": [r["seed"] for r in runs],
+        "variant": runs[0].get("variant"),
+        "best": _point(runs, lambda r: r["test"]["best"]),
+        "chosen": _point(runs, lambda r: r["test"]["chosen"]),
+    }
+    if "val" not in runs[0]:
+        return out
+    k = len(runs[0]["test"]["exits"])
+    return out | {
         "method": runs[0]["method"],
         "loss": runs[0]["loss"],
         "row_args": runs[0]["row_args"],
         "exits": [_point(runs, partial(_exit, k=i)) for i in range(k)],
-        "best": _point(runs, lambda r: r["test"]["best"]),
-        "chosen": _point(runs, lambda r: r["test"]["chosen"]),
         "val_best_balanced_top1": stat([r["val"]["best"]["balanced_top1"] for r in runs]),
         "val_chosen": _point(runs, _val_chosen),
         "tail_protected": _tail_rows(runs),
@@ -165,19 +172,89 @@ def class_order_of(result: dict[str, Any]) -> str:
     return "default" if not sep else order.replace(".", " ")
 
 
-def _tables_by_order(results: list[dict[str, Any]], order: Sequence[str]) -> list[str]:
-    """The main table once per class order (rows under the default order first)."""
-    orders = sorted({class_order_of(r) for r in results}, key=lambda o: (o != "default", o))
+def _title(o: str) -> str:
+    if o == "default":
+        return "Default class order (class 0 the head)"
+    return f"Class order {o} (head to tail: the hardest classes are the rarest)"
+
+
+def _tables_by_order(summary: dict[str, Any], orders: dict[str, str]) -> list[str]:
+    """The table of every training row once per class order (the default order first)."""
     md: list[str] = []
-    for o in orders:
-        title = (
-            "Default class order (class 0 the head)"
-            if o == "default"
-            else (f"Class order {o} (head to tail: the hardest classes are the rarest)")
-        )
-        subset = [r for r in results if class_order_of(r) == o]
-        md += [f"### {title}", "", *_main_table(summarize(subset, order)), ""]
+    for o in sorted(set(orders.values()), key=lambda o: (o != "default", o)):
+        rows = {n: s for n, s in summary.items() if orders[n] == o and "exits" in s}
+        md += [f"### {_title(o)}", "", *_main_table(rows), ""] if rows else []
     return md
+
+
+def row_orders(results: list[dict[str, Any]]) -> dict[str, str]:
+    """Each row's class order; a variant without a dataset has its base row's."""
+    first = {r["row"]: r for r in results}
+
+    def order(name: str) -> str:
+        r = first[name]
+        return class_order_of(r) if "dataset" in r else order(r["variant"]["of"])
+
+    return {n: order(n) for n in first}
+
+
+KEYS = ("balanced_top1", "tail", "flops_saved")
+GOAL_SAVED, GOAL_PT = 0.5, 0.002  # the goal: >= 50% FLOPs saved within 0.2 pt of standard
+
+
+def goal(s: dict[str, Any], ref: dict[str, Any]) -> str:
+    """Whether a point (best or ≤0.5 pt) saves GOAL_SAVED of the FLOPs with balanced and tail
+    top-1 (means) within GOAL_PT of the standard row's; else by how much it misses."""
+    points = [s[p] for p in ("best", "chosen")]
+    saved = max(p["flops_saved"]["mean"] for p in points)
+    if saved < GOAL_SAVED:
+        return f"missed: at most {100 * saved:.1f}% FLOPs saved"
+    gap = min(max(ref["best"][k]["mean"] - p[k]["mean"] for k in ("balanced_top1", "tail"))
+              for p in points if p["flops_saved"]["mean"] >= GOAL_SAVED)  # fmt: skip
+    return "met" if gap <= GOAL_PT else f"missed by {100 * (gap - GOAL_PT):.1f} pt"
+
+
+def _best_table(summary: dict[str, Any], bases: list[str]) -> list[str]:
+    """bases (the first: the standard model) and their variants, each after the row it adds to."""
+    names: list[str] = []
+
+    def add(n: str) -> None:
+        names.append(n)
+        built_on = [m for m, s in summary.items() if (s["variant"] or {}).get("of") == n]
+        for m in sorted(built_on, key=lambda m: (summary[m]["variant"]["adds"] != "ensembling", m)):
+            add(m)
+
+    for b in bases:
+        add(b)
+    head = ["row", "ensembling", "seeds", "best: balanced", "best: tail", "best: FLOPs saved",
+            "≤0.5 pt: balanced", "≤0.5 pt: tail", "≤0.5 pt: FLOPs saved", "goal"]  # fmt: skip
+    rows = [[n, "yes" if _adds(summary, n, "ensembling") else "no",
+             f"n={len(s['seeds'])}: {','.join(map(str, s['seeds']))}",
+             *(pct(s[p][k]) for p in ("best", "chosen") for k in KEYS),
+             "standard" if n == bases[0] else goal(s, summary[bases[0]])]
+            for n, s in ((n, summary[n]) for n in names)]  # fmt: skip
+    return _table(head, rows)
+
+
+def _adds(summary: dict[str, Any], name: str, what: str) -> bool:
+    v = summary[name]["variant"]
+    return bool(v) and (v.get("adds") == what or _adds(summary, v["of"], what))
+
+
+def best_tables(summary: dict[str, Any], orders: dict[str, str], main: Sequence[str]) -> list[str]:
+    """The main table per class order: its rows of `main` (the standard model first), each
+    followed by the rows built on it (retrofit, ensembling)."""
+    md = ["## Standard, ELF and retrofit, with and without ensembling", "", GOAL, ""]
+    for o in sorted({orders[n] for n in main if n in summary}, key=lambda o: (o != "default", o)):
+        bases = [n for n in main if n in summary and orders[n] == o]
+        md += [f"### {_title(o)}", "", *_best_table(summary, bases), ""]
+    return md
+
+
+GOAL = """Test split, thresholds from validation; mean ± sample std over the n seeds. Goal: at ≥ 50%
+FLOPs saved (at either point), balanced and tail top-1 within 0.2 points of the standard
+model's mean; 'missed by X pt': the larger of the two shortfalls beyond 0.2 points at the
+better point."""
 
 
 def write_report(
@@ -186,29 +263,34 @@ def write_report(
     results: list[dict[str, Any]],
     order: Sequence[str],
     *,
+    main: Sequence[str],
     missing: Sequence[str],
 ) -> Path:
-    """folder/accuracy.md from the result files; `missing`: lines naming what is not run."""
+    """folder/accuracy.md from the result files; `main`: the main table's rows (each class
+    order's standard model first); `missing`: lines naming what is not run."""
     summary = summarize(results, order)
-    first = results[0]
+    orders = row_orders(results)
+    training = {n: s for n, s in summary.items() if "exits" in s}
+    first = next(r for r in results if "val" in r)
     keys = ("dataset", "arch", "epochs", "train_class_counts", "groups")
     meta = {k: first[k] for k in keys}
     intro = INTRO.format(tail=first["groups"]["tail"], **meta)
     hw = sorted({r["hardware_line"] for r in results if r.get("hardware_line")})
     md = [f"# Accuracy: ELF and baselines on {meta['dataset']} ({meta['arch']})", "",
-          "Generated by `python -m bench accuracy report` from the per-run result files in",
-          f"`{results_dir}/` (one per row and seed, each with its elf-train command and commit;",
+          "Generated by `python -m bench accuracy report` from the result files in",
+          f"`{results_dir}/` (one per row, each seed with its command and commit;",
           "`python -m bench accuracy collect` makes them). Hardware: "
           + ("; ".join(hw) if hw else "not recorded (accuracy does not depend on it)") + ".",
-          "", intro, "", *_tables_by_order(results, order),
-          "Balanced / head / middle / tail, %:", "", *_groups_table(summary), "",
+          "", intro, "", *best_tables(summary, orders, main), "## All training rows", "",
+          *_tables_by_order(summary, orders),
+          "Balanced / head / middle / tail, %:", "", *_groups_table(training), "",
           *section(),
           "## Tail-protected calibration (`elf-export calibrate --tail-tolerance X`)", "",
           "Same checkpoints, thresholds chosen on validation; 'plain' is the ≤0.5 pt point. Tail",
           "protection keeps the tail third's validation accuracy within X of its best among the",
           "points within 0.5 pt; test numbers, and the differences to plain per seed:", "",
-          *_tail_table(summary), "",
-          "## Validation only (how variants are chosen)", "", *_val_table(summary), "",
+          *_tail_table(training), "",
+          "## Validation only (how variants are chosen)", "", *_val_table(training), "",
           "## Runs and commands", "",
           *(f"- `{r['row']}` seed {r['seed']}: `{r['command']}` ({r['command_source']}; "
             f"commit {r['commit'] or 'not recorded'})" for r in results), "",

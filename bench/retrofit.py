@@ -13,9 +13,11 @@ fmnist: the standard-bs network (resnet32, Fashion-MNIST-LT, balanced softmax, f
   exported with elf-export; its full.onnx reduced to the final output; retrofitted; compared on
   test (thresholds from validation) with rows of bench/results/accuracy (bench.retrofit_compare).
 
+  Its result is a seed's record of the accuracy row retrofit-bs (--row), a retrofit of the
+  standard-bs row (--of): bench/results/accuracy/retrofit-bs.json.
+
     python -m bench retrofit fmnist --checkpoint CKPT --work runs/retrofit-fmnist \\
-        --out bench/results/retrofit-fmnist.json \\
-        --compare bench/results/accuracy/elf-bs-s1.json=runs/bench-accuracy/elf-bs-e30-s1
+        --compare elf-bs:1=runs/bench-accuracy/elf-bs-e30-s1
 """
 
 from __future__ import annotations
@@ -40,8 +42,15 @@ import onnx
 from PIL import Image
 
 from bench import machine, pages, retrofit_page
+from bench.accuracy_runs import write_result
 from bench.images import fashion_mnist
-from bench.retrofit_compare import accuracy_row, calibration_point, table, training_seconds
+from bench.retrofit_compare import (
+    accuracy_record,
+    accuracy_row,
+    calibration_point,
+    table,
+    training_seconds,
+)
 from bench.servers import ServerSpec, running
 from elf_core.manifest import Manifest, load_manifest
 
@@ -240,7 +249,7 @@ def fmnist(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": round(t_export + t_retrofit, 1),
         "seconds_measured": "export + retrofit",
     }
-    rows = [retrofitted, *(accuracy_row(spec) for spec in args.compare)]
+    rows = [retrofitted, *(accuracy_row(spec, args.results_dir) for spec in args.compare)]
     return {
         "checkpoint": str(args.checkpoint),
         "standard_training_seconds": training_seconds(args.checkpoint.parent),
@@ -273,20 +282,28 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--epochs", type=int, default=15)
     f.add_argument("--distill", type=float, default=0.0)
     f.add_argument(
-        "--compare", nargs="*", default=[], metavar="RESULT_JSON[=RUN_DIR]",
-        help="bench/results/accuracy rows to compare with (=RUN_DIR: its training time)",
+        "--compare", nargs="*", default=[], metavar="ROW:SEED[=RUN_DIR]",
+        help="accuracy rows' seeds to compare with (=RUN_DIR: its training time)",
     )  # fmt: skip
+    f.add_argument("--results-dir", type=Path, default=Path("bench/results/accuracy"))
+    f.add_argument("--row", default="retrofit-bs", help="its accuracy row")
+    f.add_argument("--of", default="standard-bs", help="the accuracy row it retrofits")
+    h.add_argument("--out", type=Path, required=True)
     for q in (h, f):
         q.add_argument("--work", type=Path, required=True)
-        q.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     result = machine.stamp("retrofit")
-    result |= heavy(args) if args.what == "heavy" else fmnist(args)
-    pages.save(result, args.out)
-    folder = pages.PAGES if args.out.parent == pages.RESULTS else args.out.parent
-    retrofit_page.write_page(sorted(args.out.parent.glob("retrofit-*.json")), folder)
+    if args.what == "heavy":
+        pages.save(result | heavy(args), args.out)
+        root = args.out.parent
+    else:
+        write_result(args.results_dir, accuracy_record(result | fmnist(args), args.row, args.of))
+        root = args.results_dir.parent
+    retrofit_page.write_page(
+        retrofit_page.sources(root), pages.PAGES if root == pages.RESULTS else root
+    )
     return 0
 
 

@@ -5,6 +5,7 @@ Every row has the best point (validation's best balanced top-1) and the cheapest
 the tolerance (0.5 points) of it, as balanced top-1, tail-third top-1 and FLOPs saved against
 the backbone alone; and the wall time of its path: the retrofit's (export + retrofit of an
 already trained network) or the training's (sum of the trainer's per-epoch train_seconds).
+The result is a seed's record of an accuracy row (bench.accuracy_runs), the whole kept in it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+from bench.accuracy_runs import SCHEMA, result_path
 
 FIELDS = ("balanced_top1", "tail", "flops_saved")
 
@@ -31,20 +34,35 @@ def training_seconds(run_dir: Path) -> float | None:
     return round(sum(float(json.loads(line)["train_seconds"]) for line in lines if line), 1)
 
 
-def accuracy_row(spec: str) -> dict[str, Any]:
-    """spec: RESULT_JSON (bench/results/accuracy/<row>-s<seed>.json), optionally =RUN_DIR for the
-    training time."""
-    path, _, run_dir = spec.partition("=")
-    d = json.loads(Path(path).read_text(encoding="utf-8"))
+def accuracy_row(spec: str, results_dir: Path) -> dict[str, Any]:
+    """spec: ROW:SEED (a record of results_dir/ROW.json), optionally =RUN_DIR for the training
+    time."""
+    name, _, run_dir = spec.partition("=")
+    row, _, seed = name.partition(":")
+    path = result_path(results_dir, row)
+    d = json.loads(path.read_text(encoding="utf-8"))["seeds"][seed]
     return {
         "row": d["row"],
         "seed": d["seed"],
-        "source": path,
+        "source": f"{path} seed {seed}",
         "test_best": {k: d["test"]["best"][k] for k in FIELDS},
         "test_chosen": {k: d["test"]["chosen"][k] for k in FIELDS},
         "seconds": training_seconds(Path(run_dir)) if run_dir else None,
         "seconds_measured": "training (sum of train_seconds)" if run_dir else None,
     }
+
+
+def accuracy_record(result: dict[str, Any], row: str, of: str) -> dict[str, Any]:
+    """The fmnist result as a seed's record of the accuracy row `row` (a retrofit of row `of`);
+    the whole result is kept under "retrofit" (the retrofit page is built from it)."""
+    mine = result["rows"][0]  # the retrofitted network; the others are for comparison
+    return {
+        "schema": SCHEMA, "row": row, "seed": mine["seed"],
+        "variant": {"of": of, "adds": "retrofit"}, "command": result["command"],
+        "command_source": "recorded by bench retrofit", "commit": result["commit"],
+        "test": {"best": mine["test_best"], "chosen": mine["test_chosen"]},
+        "retrofit": result,
+    }  # fmt: skip
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -15,7 +15,7 @@ INTRO = (
     "elf-serve, the calibrated thresholds against no early exit (switched through the admin "
     "API). `fmnist`: the standard full-depth network of the accuracy benchmark, reduced to its "
     "final output, retrofitted, and compared on test with networks trained end to end with "
-    "exits."
+    "exits (the accuracy benchmark's row `retrofit-bs`, one section per seed)."
 )
 
 
@@ -41,20 +41,30 @@ def heavy_lines(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def sources(results: Path = pages.RESULTS) -> list[Path]:
+    """The heavy results and the retrofit rows of the accuracy benchmark (fmnist)."""
+    return sorted(results.glob("accuracy/retrofit-*")) + sorted(results.glob("retrofit-*.json"))
+
+
 def write_page(paths: list[Path], folder: Path = pages.PAGES) -> Path:
     lines = ["# Retrofit: exits added to existing classifiers", "", INTRO, ""]
     for path in paths:
         r = pages.load(path)
-        head = pages.header(f"`{path.stem}`", r, path)
-        lines += ["#" + head[0], *head[1:]]
-        lines += heavy_lines(r) if "serving" in r else [r["table"], ""]
+        runs = [(f"`{path.stem}`", r)]
+        if "seeds" in r:  # an accuracy row file: one record per seed, the result inside
+            runs = [(f"`{path.stem}` seed {s}", x["retrofit"]) for s, x in r["seeds"].items()]
+        for title, run in runs:
+            head = pages.header(title, run, path)
+            lines += ["#" + head[0], *head[1:]]
+            lines += heavy_lines(run) if "serving" in run else [run["table"], ""]
     return pages.write("retrofit", lines, folder)
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench retrofit report", description=__doc__)
-    p.add_argument("--results", type=Path, nargs="+", default=None, help="retrofit-*.json")
+    p.add_argument("--results", type=Path, nargs="+", default=None,
+                   help="retrofit-*.json, accuracy/retrofit-*.json")  # fmt: skip
     p.add_argument("--pages", type=Path, default=pages.PAGES)
     a = p.parse_args(argv)
-    write_page(a.results or sorted(pages.RESULTS.glob("retrofit-*.json")), a.pages)
+    write_page(a.results or sources(), a.pages)
     return 0

@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench import accuracy
+from bench import accuracy, retrofit_page
 from bench.accuracy_difficulty import RESULT
 from bench.accuracy_report import summarize
-from bench.accuracy_runs import ROW_SCHEMA, SCHEMA, load_results
+from bench.accuracy_runs import ROW_SCHEMA, SCHEMA, load_results, write_result
+from bench.retrofit_compare import accuracy_record
 from tests.elf_core.test_tail_protection import COUNTS, _problem
 
 GROUPS = {"head": [0, 1], "middle": [2, 3], "tail": [4, 5]}
@@ -171,3 +172,29 @@ def test_hard_order_is_the_measured_difficulty_and_trains_on_it() -> None:
     assert [recall[c] for c in order] == sorted(recall, reverse=True)
     for row, args in accuracy.HARD_ROWS.items():
         assert row.endswith("-hard") and args.endswith(f"--class-order {accuracy.HARD_ORDER}")
+
+
+def test_rows_of_other_tools_are_in_the_main_table_with_the_goal(
+    collected: tuple[Path, Path],
+) -> None:
+    results, stem = collected
+    point = {"balanced_top1": 0.849, "tail": 0.899, "flops_saved": 0.55}
+    ens = {"schema": SCHEMA, "row": "elf-bs+ens", "seed": 0, "command": "ens", "commit": None,
+           "command_source": "recorded", "variant": {"of": "elf-bs", "adds": "ensembling"},
+           "test": {"best": {**point, "flops_saved": 0.4}, "chosen": point}}  # fmt: skip
+    write_result(results, ens)
+    retrofit = {"command": "python -m bench retrofit fmnist", "commit": "abc", "table": "| t |",
+                "rows": [{"seed": 3, "test_best": point, "test_chosen": point}]}  # fmt: skip
+    write_result(results, accuracy_record(retrofit, "retrofit-bs", "standard-bs"))
+    assert accuracy.main(["report", "--results-dir", str(results), "--pages", str(stem)]) == 0
+    md = (stem / "accuracy.md").read_text()
+    main = md[: md.index("## All training rows")].splitlines()
+    rows = [line.split(" | ")[0].strip("| ") for line in main if line.startswith("| ")]
+    assert rows == ["row", "standard-bs", "retrofit-bs", "elf-bs", "elf-bs+ens"]
+    # The standard row: 85.0 balanced, 90.0 tail; elf-bs saves 50% at 2 points below.
+    assert "| elf-bs | no | n=2: 0,1 | 85.0 ± 7.1 |" in md and "| missed by 1.8 pt |" in md
+    assert "| elf-bs+ens | yes | n=1: 0 | 84.9 | 89.9 | 40.0 | 84.9 | 89.9 | 55.0 | met |" in md
+    assert "| retrofit-bs | no | n=1: 3 |" in md and "- `retrofit-bs` seed 3: `python -m" in md
+    assert "| retrofit-bs | 3 |" not in md  # not a training row: not in the other tables
+    page = retrofit_page.write_page([results / "retrofit-bs.json"], stem).read_text()
+    assert "## `retrofit-bs` seed 3\n" in page and "\n| t |\n" in page
