@@ -42,12 +42,11 @@ import onnx
 from PIL import Image
 
 from bench import machine, pages, retrofit_page
-from bench.accuracy_runs import write_result
 from bench.images import fashion_mnist
 from bench.retrofit_compare import (
-    accuracy_record,
     accuracy_row,
     calibration_point,
+    save_row,
     table,
     training_seconds,
 )
@@ -299,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         pages.save(result | heavy(args), args.out)
         root = args.out.parent
     else:
-        write_result(args.results_dir, accuracy_record(result | fmnist(args), args.row, args.of))
+        save_row(args.results_dir, result | fmnist(args), args.row, args.of)
         root = args.results_dir.parent
     retrofit_page.write_page(
         retrofit_page.sources(root), pages.PAGES if root == pages.RESULTS else root

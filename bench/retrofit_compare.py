@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.accuracy_runs import SCHEMA, result_path
+from bench.accuracy_runs import SCHEMA, result_path, write_result
 
 FIELDS = ("balanced_top1", "tail", "flops_saved")
 
@@ -52,17 +52,17 @@ def accuracy_row(spec: str, results_dir: Path) -> dict[str, Any]:
     }
 
 
-def accuracy_record(result: dict[str, Any], row: str, of: str) -> dict[str, Any]:
+def save_row(results_dir: Path, result: dict[str, Any], row: str, of: str) -> Path:
     """The fmnist result as a seed's record of the accuracy row `row` (a retrofit of row `of`);
     the whole result is kept under "retrofit" (the retrofit page is built from it)."""
     mine = result["rows"][0]  # the retrofitted network; the others are for comparison
-    return {
+    return write_result(results_dir, {
         "schema": SCHEMA, "row": row, "seed": mine["seed"],
         "variant": {"of": of, "adds": "retrofit"}, "command": result["command"],
         "command_source": "recorded by bench retrofit", "commit": result["commit"],
         "test": {"best": mine["test_best"], "chosen": mine["test_chosen"]},
         "retrofit": result,
-    }  # fmt: skip
+    })  # fmt: skip
 
 
 def table(rows: list[dict[str, Any]]) -> str:

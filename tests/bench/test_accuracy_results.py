@@ -13,7 +13,7 @@ from bench import accuracy, retrofit_page
 from bench.accuracy_difficulty import RESULT
 from bench.accuracy_report import summarize
 from bench.accuracy_runs import ROW_SCHEMA, SCHEMA, load_results, write_result
-from bench.retrofit_compare import accuracy_record
+from bench.retrofit_compare import save_row
 from tests.elf_core.test_tail_protection import COUNTS, _problem
 
 GROUPS = {"head": [0, 1], "middle": [2, 3], "tail": [4, 5]}
@@ -185,7 +185,7 @@ def test_rows_of_other_tools_are_in_the_main_table_with_the_goal(
     write_result(results, ens)
     retrofit = {"command": "python -m bench retrofit fmnist", "commit": "abc", "table": "| t |",
                 "rows": [{"seed": 3, "test_best": point, "test_chosen": point}]}  # fmt: skip
-    write_result(results, accuracy_record(retrofit, "retrofit-bs", "standard-bs"))
+    save_row(results, retrofit, "retrofit-bs", "standard-bs")
     assert accuracy.main(["report", "--results-dir", str(results), "--pages", str(stem)]) == 0
     md = (stem / "accuracy.md").read_text()
     main = md[: md.index("## All training rows")].splitlines()
