@@ -233,9 +233,11 @@ def fmnist(args: argparse.Namespace) -> dict[str, Any]:
     t_export = _elf_export("--checkpoint", str(args.checkpoint), "--out", str(exported))
     plain = final_output_only(exported / "full.onnx", work / "standard-bs-final.onnx")
     model_dir = work / "standard-bs-retrofit"
+    order = json.loads((exported / "config.json").read_text())["data"].get("class_order")
     t_retrofit = _elf_export(
         "retrofit", "--onnx", str(plain), "--out", str(model_dir), "--epochs", str(args.epochs),
         "--distill", str(args.distill), "--threads", "1",
+        *(["--class-order", *map(str, order)] if order else []),
     )  # fmt: skip
     record = json.loads((model_dir / "calibration.json").read_text())
     standard = json.loads((exported / "calibration.json").read_text())
