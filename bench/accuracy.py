@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import accuracy_ensemble as ensemble
 from bench import pages
 from bench.accuracy_difficulty import measure
 from bench.accuracy_report import write_report
@@ -261,6 +262,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("files", type=Path, nargs="+")
         a = p.parse_args(argv[1:])
         fold(a.files, a.results_dir)
+        return report(a.results_dir, a.pages)
+    if argv[:1] == ["ensemble"]:
+        p = _sub_parser(
+            "ensemble", "Recycled predictions on a model directory (bench.accuracy_ensemble)."
+        )
+        p.add_argument("--model-dir", type=Path, required=True, help="an exported model directory")
+        p.add_argument("--row", required=True, help="the accuracy row the model is a seed of")
+        p.add_argument("--seed", type=int, required=True)
+        a = p.parse_args(argv[1:])
+        ensemble.run(a.model_dir, a.row, a.seed, a.results_dir)
         return report(a.results_dir, a.pages)
     if argv[:1] == ["collect"]:
         doc = "Result files from finished run directories, then the report."

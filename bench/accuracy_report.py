@@ -97,7 +97,7 @@ def summarize(results: list[dict[str, Any]], order: Sequence[str]) -> dict[str, 
 def pct(s: Stat | None) -> str:
     if s is None or s["mean"] is None:
         return "-"
-    text = f"{100 * float(s['mean']):.1f}"
+    text = f"{100 * float(s['mean']) + 0.0:.1f}".replace("-0.0", "0.0")  # no "-0.0"
     return text + (f" ± {100 * float(s['std'] or 0):.1f}" if int(s["n"] or 0) > 1 else "")
 
 
