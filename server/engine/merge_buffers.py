@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 ALIGN = 64  # bytes: where ONNX Runtime's CPU allocator starts a tensor (the same for the stages)
 
 
-class PooledValue(ort.OrtValue):  # type: ignore[misc]
+class PooledValue(ort.OrtValue):
     """An OrtValue over a pool buffer: its numpy views keep the buffer from being reused."""
 
     def numpy(self) -> np.ndarray:
