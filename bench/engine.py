@@ -11,6 +11,8 @@ server's: intra-op threads = CPUs, no spinning), interleaved round-robin in ever
   batcher      the server's Batcher (max_batch_size = b, 2 ms queue delay) fed every image at
                once, ELF_SCHEDULING=deepest-first
   batcher-age  the same with ELF_SCHEDULING=age-aware (the server's default)
+  batcher-fresh  `batcher` on a runner that writes every merged batch into fresh memory
+               (merge_buffers=0; every other variant's runner reuses its merge buffers)
 
 Repetitions continue until every variant's median is known to within --precision (half the
 width of a distribution-free 95% confidence interval of the median, over the median), between
@@ -19,7 +21,7 @@ width of a distribution-free 95% confidence interval of the median, over the med
 mix at each stage graph's time in `stages` (a zero-overhead engine on these graphs).
 
 --twice runs the same command twice, each in a fresh process, back to back, and records whether
-the two runs' medians agree within --agreement. --trace adds, per batcher policy, a per-stage
+the two runs' medians agree within --agreement. --trace adds, per batcher variant, a per-stage
 trace of bursts at the largest batch size (bench/engine_trace.py).
 
     python -m bench engine --models heavy --batch-sizes 32 --twice --trace
@@ -59,8 +61,13 @@ from server.settings import Settings
 
 log = logging.getLogger("bench.engine")
 
-VARIANTS = ("full", "stages", "early-exit", "batcher", "batcher-age")
-POLICY: dict[str, Policy] = {"batcher": "deepest-first", "batcher-age": "age-aware"}
+VARIANTS = ("full", "stages", "early-exit", "batcher", "batcher-age", "batcher-fresh")
+POLICY: dict[str, Policy] = {
+    "batcher": "deepest-first",
+    "batcher-age": "age-aware",
+    "batcher-fresh": "deepest-first",
+}
+FRESH = frozenset({"batcher-fresh"})  # batcher variants on the runner without merge buffers
 RESULT = Path("bench/results/engine.json")
 Outcome = tuple[np.ndarray, np.ndarray]  # (predicted class [N], exit index [N])
 
@@ -71,6 +78,7 @@ class Case:
     model_dir: Path
     manifest: Manifest
     runner: OnnxStageRunner
+    fresh_runner: OnnxStageRunner  # the same sessions, merge_buffers=0
     full: ort.InferenceSession
     x: np.ndarray  # float32 [N, C, H, W], decoded by the server's preprocessing
     y: np.ndarray  # labels [N]
@@ -89,6 +97,7 @@ def load_case(
     manifest = load_manifest(model_dir)
     settings = Settings(model_dir=model_dir, providers="cpu")
     runner = OnnxStageRunner(manifest, load_stage_sessions(manifest, model_dir, settings))
+    fresh_runner = OnnxStageRunner(manifest, runner.stages, merge_buffers=0)
     assert manifest.full_model is not None, f"{model_dir}: no full.onnx in the manifest"
     opts = session_options(settings.threads_per_session(), settings.ort_spinning)
     full = ort.InferenceSession(
@@ -105,8 +114,8 @@ def load_case(
     log.info("%s: %d images, warmed in %.1f s", key, len(x), time.perf_counter() - t0)
     thresholds = np.asarray(manifest.thresholds, dtype=np.float64)
     return Case(
-        key, model_dir, manifest, runner, full, x, np.asarray(images.labels), thresholds,
-        asyncio.new_event_loop(),
+        key, model_dir, manifest, runner, fresh_runner, full, x, np.asarray(images.labels),
+        thresholds, asyncio.new_event_loop(),
     )  # fmt: skip
 
 
@@ -158,10 +167,15 @@ def run_early_exit(case: Case, b: int) -> Outcome:
     return pred, exit_idx
 
 
+def batcher_runner(case: Case, variant: str) -> OnnxStageRunner:
+    return case.fresh_runner if variant in FRESH else case.runner
+
+
 def run_batcher(
     case: Case, b: int, policy: Policy, executor: StageExecutor | None = None
 ) -> Outcome:
-    """The server's Batcher fed every image at once; `executor` wraps the runner (a trace)."""
+    """The server's Batcher fed every image at once; `executor` wraps a runner (a trace, or
+    the runner without merge buffers)."""
     batcher = Batcher(
         executor or case.runner,
         max_batch_size=b,
@@ -180,13 +194,15 @@ def run_batcher(
     return pred, np.array([r.exit_index for r in results])
 
 
+def batcher_variant(variant: str) -> Callable[[Case, int], Outcome]:
+    return lambda case, b: run_batcher(case, b, POLICY[variant], batcher_runner(case, variant))
+
+
 RUNS: dict[str, Callable[[Case, int], Outcome]] = {
     "full": run_full,
     "stages": run_stages,
     "early-exit": run_early_exit,
-    "batcher": lambda case, b: run_batcher(case, b, POLICY["batcher"]),
-    "batcher-age": lambda case, b: run_batcher(case, b, POLICY["batcher-age"]),
-}
+} | {v: batcher_variant(v) for v in POLICY}
 
 
 def median_ci(xs: list[float]) -> tuple[float, float]:
@@ -334,7 +350,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--twice", action="store_true", help="two runs back to back, compared")
     p.add_argument("--agreement", type=float, default=0.05, help="--twice: allowed spread")
     p.add_argument("--trace", action="store_true", help="per-stage trace of batcher bursts")
-    p.add_argument("--trace-bursts", type=int, default=3, help="bursts per policy")
+    p.add_argument("--trace-bursts", type=int, default=3, help="bursts per batcher variant")
     p.add_argument("--stand-in", action="store_true", help="resnet32 stand-in if no model-dir")
     p.add_argument("--model-dir", type=Path, default=Path("models/fashion-mnist-lt"))
     p.add_argument("--heavy-model-dir", type=Path, default=Path("runs/bench-models/resnet50-224"))

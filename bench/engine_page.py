@@ -15,7 +15,9 @@ INTRO = (
     "without exits; `early-exit` = the runner dropping exited rows after each stage (per "
     "batch); `batcher` = the server's Batcher (max_batch_size = batch, 2 ms delay, "
     "deepest-first scheduling) fed every image at once; `batcher-age` = the same with age-aware "
-    "scheduling (the server's default). `ideal` = full x the FLOPs ratio of the exit mix; "
+    "scheduling (the server's default); `batcher-fresh` = `batcher` writing every merged batch "
+    "of survivors into fresh memory (the other variants reuse the runner's merge buffers). "
+    "`ideal` = full x the FLOPs ratio of the exit mix; "
     "`ideal by stage times` = the exit mix at each stage graph's measured time (a zero-overhead "
     "engine on these graphs); `saving share` = (1 - time/full) / (1 - FLOPs ratio)."
 )
@@ -63,8 +65,8 @@ def model_lines(m: dict[str, Any]) -> list[str]:
 
 def trace_lines(t: dict[str, Any]) -> list[str]:
     b, pol = t["batch"], t["policies"]
-    lines = [f"Per-stage trace of {t['bursts']} bursts per policy at batch {b} (medians, ms per "
-             "image; the share of the time above ideal in brackets):", ""]  # fmt: skip
+    lines = [f"Per-stage trace of {t['bursts']} bursts per batcher variant at batch {b} (medians, "
+             "ms per image; the share of the time above ideal in brackets):", ""]  # fmt: skip
     rows = []
     for key, label in PARTS.items():
         cells = []

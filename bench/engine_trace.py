@@ -76,12 +76,13 @@ def stage_alone(case: Case, sizes: Sequence[int], calls: int = 3) -> dict[int, l
     return out
 
 
-def burst(case: Case, b: int, policy: str) -> tuple[float, float, list[Call], np.ndarray]:
-    from bench.engine import run_batcher  # noqa: PLC0415  (engine imports this module lazily)
+def burst(case: Case, b: int, variant: str) -> tuple[float, float, list[Call], np.ndarray]:
+    # engine imports this module lazily
+    from bench.engine import POLICY, batcher_runner, run_batcher  # noqa: PLC0415
 
-    tracer = TracingExecutor(case.runner)
+    tracer = TracingExecutor(batcher_runner(case, variant))
     t0 = time.perf_counter()
-    _, exits = run_batcher(case, b, policy, tracer)  # type: ignore[arg-type]
+    _, exits = run_batcher(case, b, POLICY[variant], tracer)
     return t0, time.perf_counter(), tracer.calls, exits
 
 
@@ -130,13 +131,13 @@ def decompose(
 
 
 def trace(case: Case, b: int, bursts: int) -> dict[str, Any]:
-    """Per batcher policy: `bursts` traced bursts at max_batch_size b, interleaved; each stage
+    """Per batcher variant: `bursts` traced bursts at max_batch_size b, interleaved; each stage
     timed alone before every round at the batch sizes any burst ran."""
     from bench.engine import POLICY  # noqa: PLC0415
 
     out: dict[str, list[dict[str, Any]]] = {v: [] for v in POLICY}
     for _ in range(bursts):
-        traced = {v: burst(case, b, p) for v, p in POLICY.items()}
+        traced = {v: burst(case, b, v) for v in POLICY}
         sizes = {r for *_, calls, _ in traced.values() for kind, _, r, _, _ in calls
                  if kind == "run"} | {b}  # fmt: skip
         alone = stage_alone(case, sorted(sizes))

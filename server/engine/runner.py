@@ -4,7 +4,8 @@ The same code runs on CPU (device "cpu") and CUDA (device "cuda"): stage k's fea
 bound to the device, handed to stage k+1 (or to the merge that drops exited rows and joins rows
 from several batches) as an OrtValue, and never copied to numpy. On CUDA the merge is a small
 Gather/Concat graph; on CPU it is numpy on zero-copy views of the features (it copies only the
-kept rows, once, where the graph copies every part whole and then the kept rows).
+kept rows, once, where the graph copies every part whole and then the kept rows), into a host
+buffer kept from an earlier merge once nobody holds that merge's batch (merge_buffers.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from elf_core.manifest import Manifest
+from server.engine.merge_buffers import MergeBuffers
 from server.engine.onnx_bytes import merge_rows_model
 from server.engine.sessions import EngineError, StageSessions, session_options
 
@@ -35,10 +37,12 @@ class OnnxStageRunner:
         stages: StageSessions,
         max_parts: int = 32,
         host_merge: bool | None = None,
+        merge_buffers: int = 2,
     ) -> None:
         """max_parts: most parts one merge graph joins (the batcher's max_batch_size); more are
         joined in groups. host_merge: merge CPU features with numpy instead of the merge graph
-        (default: on CPU; the graph keeps CUDA features on the device)."""
+        (default: on CPU; the graph keeps CUDA features on the device). merge_buffers: host
+        merges reuse up to this many buffers per feature shape (0: fresh memory per merge)."""
         self.manifest = manifest
         self.stages = stages
         self.num_stages = len(manifest.stages)
@@ -52,6 +56,7 @@ class OnnxStageRunner:
         self.host_merge = self.device == "cpu" if host_merge is None else host_merge
         if self.host_merge and self.device != "cpu":
             raise ValueError(f"host_merge needs CPU features, not {self.device!r} ones")
+        self.merge_buffers = MergeBuffers(merge_buffers)
         self._check_graph_names()
 
     def _check_graph_names(self) -> None:
@@ -81,6 +86,7 @@ class OnnxStageRunner:
         binding.bind_output(spec.logits.name, "cpu")
         sess.run_with_iobinding(binding)
         outputs = binding.get_outputs()
+        self.merge_buffers.keep_if_shared(x, outputs)
         logits = np.asarray(outputs[-1].numpy(), dtype=np.float32)
         return (outputs[0] if spec.features is not None else None), logits
 
@@ -121,16 +127,15 @@ class OnnxStageRunner:
         sess.run_with_iobinding(binding)
         return binding.get_outputs()[0]
 
-    @staticmethod
-    def _merge_on_host(parts: Sequence[FeatureRows]) -> ort.OrtValue:
+    def _merge_on_host(self, parts: Sequence[FeatureRows]) -> ort.OrtValue:
         """CPU features: copy only the kept rows, straight into the merged batch [sum m_i, ...].
         `OrtValue.numpy()` of a CPU tensor is a view (no copy); the merge graph would copy every
         part whole (Concat) and then the kept rows (Gather)."""
         first = parts[0][0]
         shape = [sum(r.size for _, r in parts), *first.shape()[1:]]
-        # Memory owned by ONNX Runtime, not by a numpy array: views of it stay valid for as long
-        # as anyone holds one (a numpy-backed OrtValue's views dangle once the OrtValue is gone).
-        merged = ort.OrtValue.ortvalue_from_shape_and_type(shape, first.numpy().dtype.type)
+        # A reused buffer, or fresh memory owned by ONNX Runtime; either way views of the merged
+        # batch stay valid, and unchanged, for as long as anyone holds one.
+        merged = self.merge_buffers.take(shape, first.numpy().dtype)
         out = merged.numpy()
         at = 0
         for handle, rows in parts:

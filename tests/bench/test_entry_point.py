@@ -98,9 +98,10 @@ def test_engine_runs_twice_with_a_trace_whose_parts_add_up(tmp_path: Path) -> No
     assert result["command"].startswith("python -m bench engine --quick")
     assert len(result["runs"]) == 2 and (tmp_path / "engine.md").is_file()
     variants = {r["variant"] for r in result["agreement"]["rows"]}
-    assert variants == {"full", "stages", "early-exit", "batcher", "batcher-age"}
+    assert variants == {"full", "stages", "early-exit", "batcher", "batcher-age", "batcher-fresh"}
     for run in result["runs"]:
         trace = run["models"][0]["trace"]
+        assert set(trace["policies"]) == {"batcher", "batcher-age", "batcher-fresh"}
         for policy in trace["policies"].values():
             ms = policy["ms_per_image"]
             parts = sum(v for k, v in ms.items() if k != "burst")
