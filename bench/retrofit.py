@@ -236,7 +236,7 @@ def fmnist(args: argparse.Namespace) -> dict[str, Any]:
     order = json.loads((exported / "config.json").read_text())["data"].get("class_order")
     t_retrofit = _elf_export(
         "retrofit", "--onnx", str(plain), "--out", str(model_dir), "--epochs", str(args.epochs),
-        "--distill", str(args.distill), "--threads", "1",
+        "--distill", str(args.distill), "--threads", "1", "--exits", str(args.exits),
         *(["--class-order", *map(str, order)] if order else []),
     )  # fmt: skip
     record = json.loads((model_dir / "calibration.json").read_text())
@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--checkpoint", type=Path, required=True)
     f.add_argument("--epochs", type=int, default=15)
     f.add_argument("--distill", type=float, default=0.0)
+    f.add_argument("--exits", type=int, default=2, help="elf-export retrofit --exits")
     f.add_argument(
         "--compare", nargs="*", default=[], metavar="ROW:SEED[=RUN_DIR]",
         help="accuracy rows' seeds to compare with (=RUN_DIR: its training time)",

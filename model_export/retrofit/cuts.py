@@ -219,6 +219,12 @@ def stage_ends(cands: Sequence[Cut]) -> list[Cut]:
     ]
 
 
+def block_ends(cands: Sequence[Cut]) -> list[Cut]:
+    """Of each run of cuts with the same FLOPs before them (a residual block's sum and the
+    activation after it), the last: the block outputs, finer than the stage ends."""
+    return [c for c, nxt in itertools.pairwise(cands) if nxt.cumulative_flops > c.cumulative_flops]
+
+
 def spread(ends: Sequence[Cut], n: int, total_flops: int) -> list[Cut]:
     """n of `ends` (in order) whose cumulative FLOPs lie nearest to total * j / (n + 1)."""
     if len(ends) <= n:
@@ -258,14 +264,18 @@ def choose_cuts(clf: Classifier, names: Sequence[str] | None, num_exits: int) ->
             raise RetrofitError(f"{clf.path}: a cut is named twice: {list(names)}")
         cuts = [index.cut(t) for t in names]
         return sorted(cuts, key=lambda c: index.order[c.tensor])
-    ends = stage_ends(index.candidates())
+    cands = index.candidates()
+    ends = stage_ends(cands)
+    if len([c for c in ends if c.cumulative_flops <= MAX_AUTO_CUT * clf.total_flops]) < num_exits:
+        # More exits than stage ends: images may also leave inside a stage.
+        ends = block_ends(cands)
     if not ends:
         raise RetrofitError(
             f"{clf.path}: no downsampling stage ends found to cut at; name cuts with --cuts"
         )
     cuts = auto_cuts(ends, num_exits, clf.total_flops, clf.path)
     log.info(
-        "automatic cuts (of %d stage ends): %s",
+        "automatic cuts (of %d candidates): %s",
         len(ends),
         ", ".join(
             f"{c.tensor} {c.shape} at {c.cumulative_flops / clf.total_flops:.0%}" for c in cuts

@@ -21,7 +21,15 @@ from elf_core.agreement import load_agreement
 from elf_core.manifest import load_manifest
 from model_export.cli import main
 from model_export.onnx_flops import count_onnx_flops
-from model_export.retrofit.cuts import Cut, RetrofitError, auto_cuts, spread
+from model_export.retrofit.cuts import (
+    Cut,
+    RetrofitError,
+    auto_cuts,
+    block_ends,
+    choose_cuts,
+    load_classifier,
+    spread,
+)
 from model_export.runtime import StageChain, normalize
 from tests.model_export.retrofit_nets import (
     PlainCNN,
@@ -64,7 +72,7 @@ def retrofitted(tmp_path_factory: pytest.TempPathFactory) -> Retrofitted:
     rc, stdout = _run(
         ["retrofit", "--onnx", str(onnx_path), "--data-root", str(data), *DATA_ARGS,
          "--out", str(out), "--epochs", "25", "--head-batch-size", "32", "--threads", "1",
-         "--image-size", "28",
+         "--image-size", "28", "--exits", "2",
          "--mean", str(MEAN), "--std", str(STD), "--tail-tolerance", str(TAIL_TOLERANCE),
          "--no-progress"]
     )  # fmt: skip
@@ -250,6 +258,31 @@ def test_automatic_cuts_spread_evenly_in_flops() -> None:
     assert [c.tensor for c in spread(ends, 1, 100)] == ["t3"]
     # More exits asked for than stage ends: every end, once, in order.
     assert [c.tensor for c in spread(ends[:2], 3, 100)] == ["t0", "t1"]
+
+
+def test_block_ends_are_the_last_cut_of_each_equal_flops_run() -> None:
+    # A residual block's sum and the activation after it have the same FLOPs before them.
+    cands = [
+        Cut(n, (8, 8, 8), f)
+        for n, f in [
+            ("add", 10),
+            ("relu", 10),
+            ("add_1", 20),
+            ("relu_1", 20),
+            ("relu_2", 30),
+            ("pool", 40),
+        ]
+    ]
+    assert [c.tensor for c in block_ends(cands)] == ["relu", "relu_1", "relu_2"]
+
+
+def test_more_exits_than_stage_ends_cut_inside_the_stages(tmp_path: Path) -> None:
+    clf = load_classifier(export(PlainCNN(), tmp_path / "plain.onnx"), None, None)
+    at_ends = choose_cuts(clf, None, 2)
+    finer = choose_cuts(clf, None, 4)
+    assert len(at_ends) == 2 and len(finer) == 4
+    flops = [c.cumulative_flops for c in finer]
+    assert flops == sorted(set(flops)) and flops[-1] <= 0.95 * clf.total_flops
 
 
 def test_automatic_cuts_leave_out_the_end_of_the_last_stage() -> None:
