@@ -52,7 +52,8 @@ def write_page(paths: list[Path], folder: Path = pages.PAGES) -> Path:
         r = pages.load(path)
         runs = [(f"`{path.stem}`", r)]
         if "seeds" in r:  # an accuracy row file: one record per seed, the result inside
-            runs = [(f"`{path.stem}` seed {s}", x["retrofit"]) for s, x in r["seeds"].items()]
+            seeds = sorted(r["seeds"].items(), key=lambda kv: int(kv[0]))
+            runs = [(f"`{path.stem}` seed {s}", x["retrofit"]) for s, x in seeds if "retrofit" in x]
         for title, run in runs:
             head = pages.header(title, run, path)
             lines += ["#" + head[0], *head[1:]]
