@@ -1,8 +1,13 @@
-"""Every failure becomes a JSON `{"error": "..."}` with a 4xx/5xx status, counted by reason."""
+"""Every failure becomes a JSON `{"error": "..."}` with a 4xx/5xx status, counted by reason.
+
+`refusal` is the one table from a failure to (HTTP status, reason, message); the gRPC service
+(server/grpc/errors.py) answers the same failures with the same messages through it.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,6 +31,41 @@ class ApiError(Exception):
         self.message = message
         self.reason = reason
         self.headers = headers
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int  # the HTTP status
+    reason: str  # elf_rejected_total's label
+    message: str
+
+
+TIMEOUT_MESSAGE = "the request timed out waiting for the model"
+# The failures a client causes or must retry, whatever the protocol.
+REFUSED = (
+    ApiError, InputError, UnknownModelError, QueueFullError, NeverFitsError, ShuttingDownError,
+    TimeoutError,
+)  # fmt: skip
+
+
+def refusal(exc: Exception) -> Refusal | None:
+    """What the client is told about `exc`; None for an internal error (no rule covers it)."""
+    match exc:
+        case ApiError():
+            return Refusal(exc.status, exc.reason, exc.message)
+        case InputError():
+            return Refusal(exc.status, exc.reason, str(exc))
+        case UnknownModelError():
+            return Refusal(404, "unknown_model", str(exc))
+        case QueueFullError():
+            return Refusal(503, "queue_full", str(exc))
+        case NeverFitsError():
+            return Refusal(413, "never_fits", str(exc))
+        case ShuttingDownError():
+            return Refusal(503, "shutting_down", str(exc))
+        case TimeoutError():
+            return Refusal(504, "timeout", TIMEOUT_MESSAGE)
+    return None
 
 
 def error_response(
@@ -52,33 +92,16 @@ def install_error_handlers(app: FastAPI, metrics: Metrics, retry_after_s: int) -
         metrics.rejected.labels(reason=reason).inc()
         return error_response(status, message, headers)
 
-    @app.exception_handler(ApiError)
-    async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return reject(exc.reason, exc.status, exc.message, exc.headers)
+    for kind in REFUSED:
 
-    @app.exception_handler(InputError)
-    async def _input(_: Request, exc: InputError) -> JSONResponse:
-        return reject(exc.reason, exc.status, str(exc))
-
-    @app.exception_handler(UnknownModelError)
-    async def _unknown(_: Request, exc: UnknownModelError) -> JSONResponse:
-        return reject("unknown_model", 404, str(exc))
-
-    @app.exception_handler(QueueFullError)
-    async def _full(_: Request, exc: QueueFullError) -> JSONResponse:
-        return reject("queue_full", 503, str(exc), {"Retry-After": str(retry_after_s)})
-
-    @app.exception_handler(NeverFitsError)
-    async def _never(_: Request, exc: NeverFitsError) -> JSONResponse:
-        return reject("never_fits", 413, str(exc))
-
-    @app.exception_handler(ShuttingDownError)
-    async def _closing(_: Request, exc: ShuttingDownError) -> JSONResponse:
-        return reject("shutting_down", 503, str(exc), {"Retry-After": str(retry_after_s)})
-
-    @app.exception_handler(TimeoutError)
-    async def _timeout(_: Request, exc: TimeoutError) -> JSONResponse:
-        return reject("timeout", 504, "the request timed out waiting for the model")
+        @app.exception_handler(kind)
+        async def _refused(_: Request, exc: Exception) -> JSONResponse:
+            r = refusal(exc)
+            assert r is not None  # every REFUSED type has its rule
+            headers = exc.headers if isinstance(exc, ApiError) else None
+            if r.status == 503 and headers is None:
+                headers = {"Retry-After": str(retry_after_s)}
+            return reject(r.reason, r.status, r.message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

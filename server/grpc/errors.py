@@ -8,15 +8,12 @@ travels as trailing metadata `retry-after`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import grpc
 from pydantic import ValidationError
 
-from server.api.errors import ApiError
-from server.batching.rows import NeverFitsError, QueueFullError, ShuttingDownError
-from server.preprocess import InputError
-from server.registry import UnknownModelError
+from server.api.errors import Refusal
+from server.api.errors import refusal as http_refusal
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +34,11 @@ STATUS_CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-TIMEOUT_MESSAGE = "the request timed out waiting for the model"
 
 
-@dataclass(frozen=True)
-class Refusal:
-    status: int  # the HTTP status the same failure gets over HTTP
-    reason: str  # elf_rejected_total's label; "" = not counted (internal errors)
-    message: str
-
-    @property
-    def code(self) -> grpc.StatusCode:
-        return STATUS_CODES.get(self.status, grpc.StatusCode.UNKNOWN)
+def grpc_code(refused: Refusal) -> grpc.StatusCode:
+    """The gRPC status code of the HTTP status the same failure gets."""
+    return STATUS_CODES.get(refused.status, grpc.StatusCode.UNKNOWN)
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -59,22 +49,10 @@ def _validation_message(exc: ValidationError) -> str:
 def refusal(exc: Exception) -> Refusal:
     """What the client is told; an exception no rule covers is an internal error (logged with
     its traceback; the client gets no exception text)."""
-    match exc:
-        case InputError():
-            return Refusal(exc.status, exc.reason, str(exc))
-        case UnknownModelError():
-            return Refusal(404, "unknown_model", str(exc))
-        case QueueFullError():
-            return Refusal(503, "queue_full", str(exc))
-        case NeverFitsError():
-            return Refusal(413, "never_fits", str(exc))
-        case ShuttingDownError():
-            return Refusal(503, "shutting_down", str(exc))
-        case TimeoutError():
-            return Refusal(504, "timeout", TIMEOUT_MESSAGE)
-        case ValidationError():
-            return Refusal(400, "bad_request", _validation_message(exc))
-        case ApiError():
-            return Refusal(exc.status, exc.reason, exc.message)
+    if isinstance(exc, ValidationError):
+        return Refusal(400, "bad_request", _validation_message(exc))
+    refused = http_refusal(exc)
+    if refused is not None:
+        return refused
     log.error("internal error: %r", exc, exc_info=exc)
     return Refusal(500, "", "internal error")

@@ -19,7 +19,7 @@ from server.api.admin import check_admin
 from server.api.errors import ApiError
 from server.app_state import AppState
 from server.grpc import wire
-from server.grpc.errors import Refusal, refusal
+from server.grpc.errors import Refusal, grpc_code, refusal
 from server.grpc.proto import grpc_service_pb2 as pb
 from server.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 from server.load.admission import overloaded_message
@@ -47,7 +47,7 @@ def rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
             raise
         except Exception as exc:
             refused = refusal(exc)
-            code = refused.code
+            code = grpc_code(refused)
             await self.abort(ctx, refused)
             raise  # not reached: abort raises
         finally:
@@ -69,7 +69,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         trailer: tuple[tuple[str, str], ...] = ()
         if refused.status == 503:
             trailer = (("retry-after", str(self.state.settings.retry_after_s)),)
-        await ctx.abort(refused.code, refused.message, trailing_metadata=trailer)
+        await ctx.abort(grpc_code(refused), refused.message, trailing_metadata=trailer)
 
     @rpc
     async def ServerLive(
