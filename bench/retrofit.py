@@ -41,7 +41,7 @@ import numpy as np
 import onnx
 from PIL import Image
 
-from bench import machine, pages, retrofit_page
+from bench import accuracy, machine, pages, retrofit_page
 from bench.images import fashion_mnist
 from bench.retrofit_compare import (
     accuracy_row,
@@ -303,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         save_row(args.results_dir, result | fmnist(args), args.row, args.of)
         root = args.results_dir.parent
+        accuracy.report(args.results_dir, pages.PAGES if root == pages.RESULTS else root)
     retrofit_page.write_page(
         retrofit_page.sources(root), pages.PAGES if root == pages.RESULTS else root
     )
