@@ -61,6 +61,17 @@ def _same_versions(a: onnx.ModelProto, b: onnx.ModelProto) -> onnx.ModelProto:
     return b
 
 
+def _one_opset_per_domain(model: onnx.ModelProto) -> None:
+    """merge_models lists a domain once per input model; tools such as ONNX Runtime's quantiser
+    refuse a graph that imports the default domain twice."""
+    versions: dict[str, int] = {}
+    for o in model.opset_import:
+        domain = "" if o.domain == "ai.onnx" else o.domain
+        versions[domain] = max(versions.get(domain, 0), o.version)
+    del model.opset_import[:]
+    model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in versions.items())
+
+
 def stage_with_exit(
     seg: onnx.ModelProto, head: onnx.ModelProto, cut: str, k: int
 ) -> onnx.ModelProto:
@@ -69,6 +80,7 @@ def stage_with_exit(
     merged = compose.merge_models(
         seg, head, io_map=[(cut, "input")], prefix2=prefix, outputs=[cut, f"{prefix}logits"]
     )
+    _one_opset_per_domain(merged)
     rename(merged.graph, merged.graph.input[0].name, "input")
     rename(merged.graph, cut, "features")
     rename(merged.graph, f"{prefix}logits", "logits")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -159,6 +160,22 @@ def test_calibrate_works_on_a_retrofitted_directory(
     assert (new.balanced_accuracy, new.accuracy) == (old.balanced_accuracy, old.accuracy)
     agreement = load_agreement(d)  # rewritten for the new thresholds
     assert agreement is not None and agreement.thresholds == after.thresholds
+
+
+def test_stage_graphs_import_each_opset_domain_once(retrofitted: Retrofitted) -> None:
+    for stage in load_manifest(retrofitted.model_dir).stages:
+        domains = [o.domain for o in onnx.load(str(retrofitted.model_dir / stage.file)).opset_import]
+        assert len(domains) == len(set(domains)), stage.file
+
+
+def test_a_retrofitted_directory_quantizes(retrofitted: Retrofitted, tmp_path: Path) -> None:
+    out = tmp_path / "plain-exits-int8"
+    rc, stdout = _run(["quantize", "--model-dir", str(retrofitted.model_dir), "--out", str(out),
+                       "--calibration-images", "32", "--min-agreement", "0.5", "--no-progress"])  # fmt: skip
+    assert rc == 0, stdout
+    m = load_manifest(out)  # every sha256 matches
+    q = m.provenance.quantization
+    assert len(m.stages) == 3 and q is not None and q.precision == "int8-u8"
 
 
 def test_server_loads_and_answers(retrofitted: Retrofitted, tmp_path: Path) -> None:
