@@ -77,15 +77,20 @@ def test_median_interval_and_precision() -> None:
 
 
 def test_agreement_is_the_largest_relative_spread_between_the_runs() -> None:
-    def run(ms: float, ratio: float) -> dict[str, object]:
+    def run(ms: float, vs_full: float, ratio: float) -> dict[str, object]:
         row = {"batch": 32, "variant": "batcher-age", "ms_per_image": ms,
-               "vs_stage_time_ideal": ratio}  # fmt: skip
+               "time_vs_full": vs_full, "vs_stage_time_ideal": ratio}  # fmt: skip
         return {"models": [{"model": "heavy", "rows": [row]}]}
 
-    a = agreement([run(40.0, 1.10), run(41.0, 1.12)], 0.05)
-    assert a["agree"] and a["max_spread"] == pytest.approx(1 / 40.5, abs=1e-4)
-    b = agreement([run(40.0, 1.45), run(41.0, 1.17)], 0.05)
+    a = agreement([run(40.0, 0.50, 1.10), run(41.0, 0.51, 1.12)], 0.05)
+    assert a["agree"] and a["max_spread"] == pytest.approx(0.01 / 0.505, abs=1e-4)
+    b = agreement([run(40.0, 0.50, 1.45), run(41.0, 0.50, 1.17)], 0.05)
     assert not b["agree"] and b["max_spread"] == pytest.approx(0.28 / 1.31, abs=1e-4)
+    c = agreement([run(40.0, 0.50, 1.10), run(40.0, 0.56, 1.10)], 0.05)
+    assert not c["agree"] and c["max_spread"] == pytest.approx(0.06 / 0.53, abs=1e-4)
+    # The machine ran 10% slower in the second run, every variant with it: not a disagreement.
+    d = agreement([run(40.0, 0.50, 1.10), run(44.0, 0.50, 1.10)], 0.05)
+    assert d["agree"] and d["rows"][0]["spread_ms_per_image"] == pytest.approx(4 / 42, abs=1e-4)
 
 
 @pytest.mark.integration
