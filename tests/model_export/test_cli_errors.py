@@ -37,10 +37,10 @@ def _drop_exit(m: dict) -> None:
 
 
 def _data_root_gone(model_dir: Path) -> None:
-    path = model_dir / "config.json"
-    config = json.loads(path.read_text())
-    config["data"]["root"] = str(model_dir / "gone")
-    path.write_text(json.dumps(config))
+    path = model_dir / "retrofit.json"  # the bundled model is a retrofit: its data config
+    record = json.loads(path.read_text())
+    record["data"]["root"] = str(model_dir / "gone")
+    path.write_text(json.dumps(record))
 
 
 FAULTS: dict[str, tuple[Callable[[Path], object], list[str]]] = {
@@ -69,8 +69,8 @@ FAULTS: dict[str, tuple[Callable[[Path], object], list[str]]] = {
         ["manifest.json: missing; a model directory needs a manifest.json"],
     ),
     "no-config": (
-        lambda d: (d / "config.json").unlink(),
-        ["config.json: missing; needed to rebuild the validation split"],
+        lambda d: (d / "retrofit.json").unlink(),
+        ["config.json: missing; needed to rebuild the validation split", "retrofit.json, also"],
     ),
     "data-gone": (_data_root_gone, ["gone does not exist"]),
 }

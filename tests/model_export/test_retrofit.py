@@ -164,14 +164,17 @@ def test_calibrate_works_on_a_retrofitted_directory(
 
 def test_stage_graphs_import_each_opset_domain_once(retrofitted: Retrofitted) -> None:
     for stage in load_manifest(retrofitted.model_dir).stages:
-        domains = [o.domain for o in onnx.load(str(retrofitted.model_dir / stage.file)).opset_import]
+        graph = onnx.load(str(retrofitted.model_dir / stage.file))
+        domains = [o.domain for o in graph.opset_import]
         assert len(domains) == len(set(domains)), stage.file
 
 
 def test_a_retrofitted_directory_quantizes(retrofitted: Retrofitted, tmp_path: Path) -> None:
     out = tmp_path / "plain-exits-int8"
-    rc, stdout = _run(["quantize", "--model-dir", str(retrofitted.model_dir), "--out", str(out),
-                       "--calibration-images", "32", "--min-agreement", "0.5", "--no-progress"])  # fmt: skip
+    rc, stdout = _run(
+        ["quantize", "--model-dir", str(retrofitted.model_dir), "--out", str(out),
+         "--calibration-images", "32", "--min-agreement", "0.5", "--no-progress"]
+    )  # fmt: skip
     assert rc == 0, stdout
     m = load_manifest(out)  # every sha256 matches
     q = m.provenance.quantization

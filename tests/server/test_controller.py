@@ -46,7 +46,7 @@ def test_menu_of_the_bundled_model_goes_down_to_the_floor_only() -> None:
     assert all(p.accuracy >= base.accuracy - 0.01 for p in menu)
     for a, b in itertools.pairwise(menu):
         assert b.flops_ratio <= a.flops_ratio - 0.01 and b.accuracy <= a.accuracy
-    assert build_menu(curve_points(BUNDLED), (0.123, 0.456, 0.0), None, 0.01) == []
+    assert build_menu(curve_points(BUNDLED), (0.123, 0.456, 0.1, 0.2, 0.3, 0.0), None, 0.01) == []
 
 
 def tick(latency_s: float | None, per_s: float = 100.0, refused: int = 0) -> Signal:
