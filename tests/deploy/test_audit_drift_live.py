@@ -53,7 +53,7 @@ def send(client: httpx.Client, url: str, images: np.ndarray, early: int) -> int:
         files = [("files", (f"{i}.png", png_bytes(p), "image/png")) for i, p in enumerate(batch)]
         r = client.post(f"{url}/v1/classify", files=files)
         assert r.status_code == 200, r.text
-        early += sum(a["exit"]["index"] < 2 for a in r.json()["results"])
+        early += sum(a["exit"]["index"] < a["exit"]["count"] - 1 for a in r.json()["results"])
         settled_counts(client, url, early)
     return early
 
@@ -107,7 +107,7 @@ def test_inverted_images_lower_agreement_and_fire_the_alert(tmp_path: Path) -> N
         prom.wait_for('sum(up{job="elf-server"})', 1)
         early = send(client, url, images[:IN_DIST], 0)
         n_in, agree_in = settled_counts(client, url, early)
-        assert n_in >= 50  # the bundled model answers ~60% of these at exit 0
+        assert n_in >= 50  # the bundled model answers about half of these at exit 0
         in_dist = agree_in / n_in
         assert in_dist >= expected["agreement"] - 0.05, (in_dist, expected)
         # Prometheus has seen exactly these counts: the rule had its chance, and stayed quiet.
