@@ -364,7 +364,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=None, help="images (bundled 512, heavy 64)")
     p.add_argument("--precision", type=float, default=0.02, help="median known to within this")
     p.add_argument("--min-reps", type=int, default=5)
-    p.add_argument("--max-reps", type=int, default=40)
+    p.add_argument("--max-reps", type=int, default=100)
     p.add_argument("--max-seconds", type=float, default=900.0, help="per model")
     p.add_argument("--twice", action="store_true", help="two runs back to back, compared")
     p.add_argument("--agreement", type=float, default=0.05, help="--twice: allowed spread")
