@@ -51,6 +51,7 @@ from bench.retrofit_compare import (
     training_seconds,
 )
 from bench.servers import ServerSpec, running
+from elf_core.calibration import DEFAULT_TOLERANCE as TOLERANCE
 from elf_core.manifest import Manifest, load_manifest
 
 log = logging.getLogger("bench.retrofit")
@@ -237,6 +238,7 @@ def fmnist(args: argparse.Namespace) -> dict[str, Any]:
     t_retrofit = _elf_export(
         "retrofit", "--onnx", str(plain), "--out", str(model_dir), "--epochs", str(args.epochs),
         "--distill", str(args.distill), "--threads", "1", "--exits", str(args.exits),
+        "--tolerance", str(args.tolerance),
         *(["--class-order", *map(str, order)] if order else []),
     )  # fmt: skip
     record = json.loads((model_dir / "calibration.json").read_text())
@@ -283,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--epochs", type=int, default=15)
     f.add_argument("--distill", type=float, default=0.0)
     f.add_argument("--exits", type=int, default=2, help="elf-export retrofit --exits")
+    f.add_argument("--tolerance", type=float, default=TOLERANCE, help="as elf-export retrofit's")
     f.add_argument(
         "--compare", nargs="*", default=[], metavar="ROW:SEED[=RUN_DIR]",
         help="accuracy rows' seeds to compare with (=RUN_DIR: its training time)",
@@ -301,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         pages.save(result | heavy(args), args.out)
         root = args.out.parent
     else:
-        save_row(args.results_dir, result | fmnist(args), args.row, args.of)
+        save_row(args.results_dir, result | fmnist(args), args.row, args.of, args.tolerance)
         root = args.results_dir.parent
         accuracy.report(args.results_dir, pages.PAGES if root == pages.RESULTS else root)
     retrofit_page.write_page(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.accuracy_runs import SCHEMA, result_path, write_result
+from elf_core.calibration import DEFAULT_TOLERANCE as TOLERANCE
 
 FIELDS = ("balanced_top1", "tail", "flops_saved")
 
@@ -52,13 +53,19 @@ def accuracy_row(spec: str, results_dir: Path) -> dict[str, Any]:
     }
 
 
-def save_row(results_dir: Path, result: dict[str, Any], row: str, of: str) -> Path:
-    """The fmnist result as a seed's record of the accuracy row `row` (a retrofit of row `of`);
-    the whole result is kept under "retrofit" (the retrofit page is built from it)."""
+def save_row(
+    results_dir: Path, result: dict[str, Any], row: str, of: str, tolerance: float = TOLERANCE
+) -> Path:
+    """The fmnist result as a seed's record of the accuracy row `row` (a retrofit of row `of`,
+    calibrated at `tolerance`); the whole result is kept under "retrofit" (the retrofit page is
+    built from it)."""
+    variant: dict[str, Any] = {"of": of, "adds": "retrofit"}
+    if tolerance != TOLERANCE:
+        variant["tolerance"] = tolerance
     mine = result["rows"][0]  # the retrofitted network; the others are for comparison
     return write_result(results_dir, {
         "schema": SCHEMA, "row": row, "seed": mine["seed"],
-        "variant": {"of": of, "adds": "retrofit"}, "command": result["command"],
+        "variant": variant, "command": result["command"],
         "command_source": "recorded by bench retrofit", "commit": result["commit"],
         "test": {"best": mine["test_best"], "chosen": mine["test_chosen"]},
         "retrofit": result,

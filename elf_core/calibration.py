@@ -31,6 +31,9 @@ from elf_core.threshold_search import (
 
 EXHAUSTIVE_MAX_EXITS = 3
 
+# The chosen point may lose this much balanced accuracy against the best point (half a point).
+DEFAULT_TOLERANCE = 0.005
+
 
 @dataclass(frozen=True)
 class CurvePoint:
@@ -212,7 +215,7 @@ def calibrate(
     probs: Sequence[np.ndarray],
     labels: np.ndarray,
     cum_flops_ratio: Sequence[float],
-    tolerance: float = 0.005,
+    tolerance: float = DEFAULT_TOLERANCE,
     *,
     tail_classes: Sequence[int] | None = None,
     train_class_counts: Sequence[int] | None = None,

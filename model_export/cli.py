@@ -17,9 +17,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from elf_core.calibration import CalibrationError
+from elf_core.calibration import DEFAULT_TOLERANCE, CalibrationError
 from elf_core.manifest import ManifestError
-from model_export.export import DEFAULT_TOLERANCE, ExportConfig, export_checkpoint
+from model_export.export import ExportConfig, export_checkpoint
 from model_export.quantize.cli import quantize_config, quantize_parser, quantize_summary
 from model_export.quantize.pipeline import QuantizeError, quantize_model
 from model_export.recalibrate import recalibrate

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from elf_core.agreement import Agreement
+from elf_core.calibration import DEFAULT_TOLERANCE
 from elf_core.flops import cumulative_flops, full_flops
 from elf_core.manifest import (
     MODEL_NAME_PATTERN,
@@ -64,7 +65,6 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
 # Balanced accuracy the chosen threshold point may lose against the best one (a fraction).
-DEFAULT_TOLERANCE = 0.005
 
 
 @dataclass(frozen=True)

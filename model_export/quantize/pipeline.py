@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from elf_core.calibration import DEFAULT_TOLERANCE
 from elf_core.exits import early_exit
 from elf_core.manifest import (
     MODEL_NAME_PATTERN,
@@ -42,7 +43,6 @@ from elf_core.manifest import (
     write_manifest,
 )
 from model_export.calibrate_run import SplitProbs, iter_batches, validation_probs
-from model_export.export import DEFAULT_TOLERANCE
 from model_export.quantize.stages import PRECISIONS, quantize_stages
 from model_export.recalibrate import recalibrate
 from model_export.report import CalibrationOutcome

@@ -186,14 +186,20 @@ def test_rows_of_other_tools_are_in_the_main_table_with_the_goal(
     retrofit = {"command": "python -m bench retrofit fmnist", "commit": "abc", "table": "| t |",
                 "rows": [{"seed": 3, "test_best": point, "test_chosen": point}]}  # fmt: skip
     save_row(results, retrofit, "retrofit-bs", "standard-bs")
+    save_row(results, retrofit, "retrofit-bs-tight", "standard-bs", tolerance=0.002)
     assert accuracy.main(["report", "--results-dir", str(results), "--pages", str(stem)]) == 0
     md = (stem / "accuracy.md").read_text()
     main = md[: md.index("## All training rows")].splitlines()
     rows = [line.split(" | ")[0].strip("| ") for line in main if line.startswith("| ")]
-    assert rows == ["row", "standard-bs", "retrofit-bs", "elf-bs", "elf-bs+ens"]
+    assert rows == [
+        "row", "standard-bs", "retrofit-bs", "retrofit-bs-tight", "elf-bs", "elf-bs+ens"
+    ]  # fmt: skip
     # The standard row: 85.0 balanced, 90.0 tail; elf-bs saves 50% at 2 points below.
     assert "| elf-bs | no | n=2: 0,1 | 85.0 ± 7.1 |" in md and "| missed by 1.8 pt |" in md
-    assert "| elf-bs+ens | yes | n=1: 0 | 84.9 | 89.9 | 40.0 | 84.9 | 89.9 | 55.0 | met |" in md
+    line = "| elf-bs+ens | yes | n=1: 0 | 84.9 | 89.9 | 40.0 | 0.5 pt | 84.9 | 89.9 | 55.0 | met |"
+    assert line in md
+    # A row calibrated at another tolerance says so.
+    assert "| retrofit-bs-tight | no | n=1: 3 | 84.9 | 89.9 | 55.0 | 0.2 pt | 84.9 |" in md
     assert "| retrofit-bs | no | n=1: 3 |" in md and "- `retrofit-bs` seed 3: `python -m" in md
     assert "| retrofit-bs | 3 |" not in md  # not a training row: not in the other tables
     page = retrofit_page.write_page([results / "retrofit-bs.json"], stem).read_text()
