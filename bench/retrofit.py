@@ -239,6 +239,7 @@ def fmnist(args: argparse.Namespace) -> dict[str, Any]:
         "retrofit", "--onnx", str(plain), "--out", str(model_dir), "--epochs", str(args.epochs),
         "--distill", str(args.distill), "--threads", "1", "--exits", str(args.exits),
         "--tolerance", str(args.tolerance),
+        *(["--head-width", str(args.head_width)] if args.head_width else []),
         *(["--class-order", *map(str, order)] if order else []),
     )  # fmt: skip
     record = json.loads((model_dir / "calibration.json").read_text())
@@ -285,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--epochs", type=int, default=15)
     f.add_argument("--distill", type=float, default=0.0)
     f.add_argument("--exits", type=int, default=2, help="elf-export retrofit --exits")
+    f.add_argument("--head-width", type=int, default=None, help="as elf-export retrofit's")
     f.add_argument("--tolerance", type=float, default=TOLERANCE, help="as elf-export retrofit's")
     f.add_argument(
         "--compare", nargs="*", default=[], metavar="ROW:SEED[=RUN_DIR]",
