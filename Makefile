@@ -81,12 +81,13 @@ clean:
 
 # Reproduce the bundled model from scratch: the best setting of the accuracy benchmark
 # (docs/benchmarks/accuracy.md): a standard network (balanced softmax, final exit only), then
-# `elf-export retrofit` adds five trained exits (the backbone unchanged), verifies and calibrates
-# on the validation split. One torch thread in both, so that the same seed gives the same model.
+# `elf-export retrofit` adds five trained exits with 64-channel heads (the backbone unchanged),
+# verifies and calibrates on the validation split. One torch thread in both, so that the same
+# seed gives the same model.
 MODEL_RUN ?= runs/fashion-mnist-lt-standard-bs
 MODEL_TRAIN_ARGS ?= --method standard --loss balanced_softmax --epochs 30 --seed 0 --eval-every 5 \
 	--threads 1
-MODEL_RETROFIT_ARGS ?= --exits 5 --epochs 15 --seed 0 --threads 1
+MODEL_RETROFIT_ARGS ?= --exits 5 --head-width 64 --epochs 15 --seed 0 --threads 1
 model: dev
 	$(VENV)/bin/elf-train --dataset fashion-mnist-lt --imbalance-ratio 100 --arch resnet32 $(MODEL_TRAIN_ARGS) \
 		--out $(MODEL_RUN) --resume
