@@ -109,9 +109,9 @@ def decompose(
     stages = []
     for k in range(len(per_row)):
         mine = [(r, e - s) for _, kk, r, s, e in runs if kk == k]
-        rows = [r for r, _ in mine]
         if not mine:  # every image left before this stage
             continue
+        rows = [r for r, _ in mine]
         stages.append({
             "stage": k, "calls": len(mine), "rows_mean": round(float(np.mean(rows)), 2),
             "rows_min": min(rows), "rows_max": max(rows),

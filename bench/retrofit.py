@@ -51,7 +51,7 @@ from bench.retrofit_compare import (
     training_seconds,
 )
 from bench.servers import ServerSpec, running
-from elf_core.calibration import DEFAULT_TOLERANCE as TOLERANCE
+from elf_core.calibration import DEFAULT_TOLERANCE
 from elf_core.manifest import Manifest, load_manifest
 
 log = logging.getLogger("bench.retrofit")
@@ -287,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--distill", type=float, default=0.0)
     f.add_argument("--exits", type=int, default=2, help="elf-export retrofit --exits")
     f.add_argument("--head-width", type=int, default=None, help="as elf-export retrofit's")
-    f.add_argument("--tolerance", type=float, default=TOLERANCE, help="as elf-export retrofit's")
+    f.add_argument(
+        "--tolerance", type=float, default=DEFAULT_TOLERANCE, help="as elf-export retrofit's"
+    )
     f.add_argument(
         "--compare", nargs="*", default=[], metavar="ROW:SEED[=RUN_DIR]",
         help="accuracy rows' seeds to compare with (=RUN_DIR: its training time)",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.accuracy_runs import SCHEMA, result_path, write_result
-from elf_core.calibration import DEFAULT_TOLERANCE as TOLERANCE
+from elf_core.calibration import DEFAULT_TOLERANCE
 
 FIELDS = ("balanced_top1", "tail", "flops_saved")
 
@@ -54,13 +54,17 @@ def accuracy_row(spec: str, results_dir: Path) -> dict[str, Any]:
 
 
 def save_row(
-    results_dir: Path, result: dict[str, Any], row: str, of: str, tolerance: float = TOLERANCE
+    results_dir: Path,
+    result: dict[str, Any],
+    row: str,
+    of: str,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> Path:
     """The fmnist result as a seed's record of the accuracy row `row` (a retrofit of row `of`,
     calibrated at `tolerance`); the whole result is kept under "retrofit" (the retrofit page is
     built from it)."""
     variant: dict[str, Any] = {"of": of, "adds": "retrofit"}
-    if tolerance != TOLERANCE:
+    if tolerance != DEFAULT_TOLERANCE:
         variant["tolerance"] = tolerance
     mine = result["rows"][0]  # the retrofitted network; the others are for comparison
     return write_result(results_dir, {

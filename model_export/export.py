@@ -64,7 +64,6 @@ from training.networks import MultiExitNet
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
-# Balanced accuracy the chosen threshold point may lose against the best one (a fraction).
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from elf_core.calibration import DEFAULT_TOLERANCE
 from training.data import AugmentConfig, DataConfig
 from training.losses import LossConfig
 from training.networks import ModelConfig
@@ -49,7 +50,7 @@ class TrainConfig:
     resume: bool = False  # continue from OUT/checkpoint.pt when it exists
     # Fixed thresholds (one value for every exit) reported on the test set after training.
     eval_thresholds: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
-    calibration_tolerance: float = 0.005  # balanced accuracy below the best point of the curve
+    calibration_tolerance: float = DEFAULT_TOLERANCE  # balanced accuracy below the best point
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
